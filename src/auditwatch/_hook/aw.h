@@ -1,0 +1,153 @@
+/* auditwatch native core: shared declarations.
+ *
+ * The audit hook runs next to hostile code. Everything in this directory follows
+ * three rules: never run Python code on an event argument, never lose a record
+ * without counting it, and never block forever while holding the GIL.
+ */
+#ifndef AW_H
+#define AW_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifndef Py_IS_TYPE /* 3.8 */
+#define Py_IS_TYPE(o, t) (Py_TYPE(o) == (t))
+#endif
+
+/* ---- growable byte buffer (encode.c) ------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len;
+    size_t cap;
+    int heap; /* p was malloc'ed (else it points at caller storage) */
+    int oom;  /* an allocation failed: content is incomplete */
+} aw_buf;
+
+void aw_buf_init(aw_buf *b, char *storage, size_t cap);
+void aw_buf_free(aw_buf *b);
+void aw_buf_put(aw_buf *b, const char *s, size_t n);
+void aw_buf_putc(aw_buf *b, char c);
+/* Append n bytes to be filled by the caller; NULL when out of memory. */
+char *aw_buf_extend(aw_buf *b, size_t n);
+void aw_buf_puts(aw_buf *b, const char *s);
+void aw_buf_int(aw_buf *b, long long v);
+void aw_buf_uint(aw_buf *b, unsigned long long v);
+/* A JSON string from C bytes; invalid UTF-8 becomes \udcXX (surrogateescape). */
+void aw_buf_cstr(aw_buf *b, const char *s, size_t n);
+
+/* ---- argument encoding (encode.c) --------------------------------------- */
+
+typedef struct {
+    Py_ssize_t max_str;   /* characters of a str */
+    Py_ssize_t max_bytes; /* bytes of a bytes or bytearray */
+    Py_ssize_t max_items; /* items of a container */
+    int max_depth;        /* container nesting */
+    size_t budget;        /* bytes for the whole args array */
+} aw_limits;
+
+extern aw_limits aw_default_limits;
+
+/* Encode an args tuple as a JSON array. Never calls Python code, never raises. */
+void aw_encode_args(aw_buf *b, PyObject *args, const aw_limits *lim);
+/* Encode the innermost Python frame of the current thread as a JSON object or null. */
+void aw_encode_where(aw_buf *b, PyThreadState *ts);
+
+/* ---- sha256 (sha256.c) -------------------------------------------------- */
+
+void aw_sha256_hex(const void *data, size_t n, char out[65]);
+
+/* ---- event table (table.c) ---------------------------------------------- */
+
+enum aw_action {
+    AW_IGNORE = 0,
+    AW_RECORD = 1,
+    AW_FLUSH = 2, /* record, then wait until it has left the process */
+    AW_DENY = 3,  /* record, flush, then refuse the operation */
+};
+
+/* Parse "action:glob,action:glob,..." (first match wins) in front of the defaults.
+ * Returns 0, or -1 with a message in err. */
+int aw_table_configure(const char *spec, char *err, size_t errlen);
+/* Action for an event name; *rule receives the config entry that decided it. */
+int aw_table_lookup(const char *event, const char **rule);
+const char *aw_table_default_spec(void);
+
+/* ---- ring, writer thread and sink (ring.c) ------------------------------ */
+
+enum aw_policy { AW_POLICY_WAIT = 0, AW_POLICY_DROP = 1 };
+
+typedef struct {
+    char sink[1024];      /* "unix:/path", "file:/path", "" = spool only */
+    char spool_dir[1024]; /* where records go when the sink fails */
+    size_t ring_bytes;
+    int policy;
+    double heartbeat;     /* seconds of silence before a heartbeat record */
+    double flush_timeout; /* seconds an indicator waits for its record to leave */
+    int sigterm;          /* flush and write an exit record on SIGTERM */
+} aw_options;
+
+extern aw_options aw_opts;
+
+int aw_ring_init(size_t bytes);
+/* Queue one record body (JSON members after the common prefix, without braces).
+ * Returns the ticket of the record (> 0), or 0 when it was dropped. */
+uint64_t aw_ring_put(const char *body, size_t n, int may_release_gil);
+/* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
+int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
+/* Start the writer thread (and open the sink) if this process has none yet. */
+int aw_writer_ensure(void);
+/* Stop the writer after draining everything, bounded by timeout seconds. */
+void aw_writer_stop(double timeout);
+
+typedef struct {
+    uint64_t queued, written, dropped, spooled, lost, heartbeats, reentrant, denied;
+    int sink_state; /* 0 none, 1 connected sink, 2 spooling, 3 lost */
+    char sink_error[256];
+} aw_counters;
+void aw_ring_counters(aw_counters *out);
+
+/* ---- process identity and lifecycle (proc.c) ---------------------------- */
+
+typedef struct {
+    char run[33];
+    char parent_run[33]; /* "" = none */
+    const char *installed;
+    pid_t pid;
+    int forked; /* this run began with fork() */
+    atomic_int active;
+} aw_process;
+
+extern aw_process aw_proc;
+
+int aw_proc_install(const char *installed, char *err, size_t errlen);
+void aw_proc_exit_record(const char *how, int code, int sig);
+pid_t aw_gettid(void);
+long long aw_now_ns(void);
+/* Common prefix of every record after seq: ,"run":..,"pid":..,"installed":.. */
+const char *aw_proc_prefix(size_t *len);
+void aw_proc_start_record(void);
+void aw_proc_after_fork_child(void);
+/* Make this run's identity (after fork) and helper threads before its first record. */
+void aw_proc_prepare_run(void);
+void aw_ring_register_atfork(void);
+
+/* ---- the hook (hook.c) --------------------------------------------------- */
+
+int aw_audit_hook(const char *event, PyObject *args, void *userdata);
+/* Encode and queue one event record; returns the ticket (0 if dropped). */
+uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
+                         int may_release_gil);
+
+/* PyThreadState without the fatal error when there is none (pre-init, C threads). */
+#if PY_VERSION_HEX >= 0x030D0000
+#define AW_TSTATE() PyThreadState_GetUnchecked()
+#else
+#define AW_TSTATE() _PyThreadState_UncheckedGet()
+#endif
+
+#endif

@@ -1,0 +1,602 @@
+/* Argument encoding: Python objects to JSON without running any Python code.
+ *
+ * Only exact built-in types are read by value, through the C structures. A subclass
+ * is read as its base type would be (the storage is the base type's C object) and
+ * flagged with its type name; everything else is described by its type name.
+ * No repr/str/__fspath__/__eq__/__hash__/__len__, no attribute lookup, no iteration
+ * protocol: nothing here can reach Python code, so nothing here can raise.
+ */
+#include "aw.h"
+
+#include <frameobject.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+aw_limits aw_default_limits = {1024, 256, 64, 4, 64 * 1024};
+
+/* ---- buffer ------------------------------------------------------------- */
+
+void aw_buf_init(aw_buf *b, char *storage, size_t cap) {
+    b->p = storage;
+    b->len = 0;
+    b->cap = cap;
+    b->heap = 0;
+    b->oom = 0;
+}
+
+void aw_buf_free(aw_buf *b) {
+    if (b->heap)
+        free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->heap = 0;
+}
+
+static int buf_reserve(aw_buf *b, size_t n) {
+    if (b->oom)
+        return -1;
+    if (b->len + n <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n) {
+        if (cap > ((size_t)1 << 40)) {
+            b->oom = 1;
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *p;
+    if (b->heap) {
+        p = realloc(b->p, cap);
+    } else {
+        p = malloc(cap);
+        if (p && b->len)
+            memcpy(p, b->p, b->len);
+    }
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    b->heap = 1;
+    return 0;
+}
+
+void aw_buf_put(aw_buf *b, const char *s, size_t n) {
+    if (n == 0 || buf_reserve(b, n) < 0)
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+char *aw_buf_extend(aw_buf *b, size_t n) {
+    if (buf_reserve(b, n) < 0)
+        return NULL;
+    b->len += n;
+    return b->p + b->len - n;
+}
+
+void aw_buf_putc(aw_buf *b, char c) {
+    if (buf_reserve(b, 1) < 0)
+        return;
+    b->p[b->len++] = c;
+}
+
+void aw_buf_puts(aw_buf *b, const char *s) { aw_buf_put(b, s, strlen(s)); }
+
+void aw_buf_uint(aw_buf *b, unsigned long long v) {
+    char tmp[24];
+    int i = (int)sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + (v % 10));
+        v /= 10;
+    } while (v);
+    aw_buf_put(b, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+void aw_buf_int(aw_buf *b, long long v) {
+    if (v < 0) {
+        aw_buf_putc(b, '-');
+        aw_buf_uint(b, (unsigned long long)(-(v + 1)) + 1u);
+    } else {
+        aw_buf_uint(b, (unsigned long long)v);
+    }
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static void put_u_escape(aw_buf *b, unsigned int cp) {
+    char e[6] = {'\\', 'u', HEX[(cp >> 12) & 15], HEX[(cp >> 8) & 15], HEX[(cp >> 4) & 15],
+                 HEX[cp & 15]};
+    aw_buf_put(b, e, 6);
+}
+
+/* One code point as JSON string content. Lone surrogates stay \udXXX escapes. */
+static void put_codepoint(aw_buf *b, Py_UCS4 c) {
+    if (c < 0x80) {
+        switch (c) {
+        case '"':
+            aw_buf_put(b, "\\\"", 2);
+            return;
+        case '\\':
+            aw_buf_put(b, "\\\\", 2);
+            return;
+        case '\n':
+            aw_buf_put(b, "\\n", 2);
+            return;
+        case '\r':
+            aw_buf_put(b, "\\r", 2);
+            return;
+        case '\t':
+            aw_buf_put(b, "\\t", 2);
+            return;
+        default:
+            if (c < 0x20 || c == 0x7f)
+                put_u_escape(b, c);
+            else
+                aw_buf_putc(b, (char)c);
+            return;
+        }
+    }
+    char u[4];
+    if (c < 0x800) {
+        u[0] = (char)(0xc0 | (c >> 6));
+        u[1] = (char)(0x80 | (c & 0x3f));
+        aw_buf_put(b, u, 2);
+    } else if (c >= 0xd800 && c <= 0xdfff) {
+        put_u_escape(b, c);
+    } else if (c < 0x10000) {
+        u[0] = (char)(0xe0 | (c >> 12));
+        u[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+        u[2] = (char)(0x80 | (c & 0x3f));
+        aw_buf_put(b, u, 3);
+    } else {
+        u[0] = (char)(0xf0 | (c >> 18));
+        u[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+        u[2] = (char)(0x80 | ((c >> 6) & 0x3f));
+        u[3] = (char)(0x80 | (c & 0x3f));
+        aw_buf_put(b, u, 4);
+    }
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes left), or 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n, Py_UCS4 *cp) {
+    unsigned char c = s[0];
+    size_t len;
+    Py_UCS4 v, min;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    } else if ((c & 0xe0) == 0xc0) {
+        len = 2, v = c & 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3, v = c & 0x0f, min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        len = 4, v = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3f);
+    }
+    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+        return 0;
+    *cp = v;
+    return len;
+}
+
+void aw_buf_cstr(aw_buf *b, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    aw_buf_putc(b, '"');
+    for (size_t i = 0; i < n;) {
+        Py_UCS4 cp;
+        size_t k = utf8_seq(u + i, n - i, &cp);
+        if (k == 0) {
+            put_u_escape(b, 0xdc00u | u[i]);
+            i++;
+        } else {
+            put_codepoint(b, cp);
+            i += k;
+        }
+    }
+    aw_buf_putc(b, '"');
+}
+
+static int utf8_valid(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        Py_UCS4 cp;
+        size_t k = utf8_seq(s + i, n - i, &cp);
+        if (k == 0)
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
+static void put_b64(aw_buf *b, const unsigned char *s, size_t n) {
+    static const char T[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    aw_buf_putc(b, '"');
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        char o[4] = {T[s[i] >> 2], T[((s[i] & 3) << 4) | (s[i + 1] >> 4)],
+                     T[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)], T[s[i + 2] & 63]};
+        aw_buf_put(b, o, 4);
+    }
+    if (n - i == 1) {
+        char o[4] = {T[s[i] >> 2], T[(s[i] & 3) << 4], '=', '='};
+        aw_buf_put(b, o, 4);
+    } else if (n - i == 2) {
+        char o[4] = {T[s[i] >> 2], T[((s[i] & 3) << 4) | (s[i + 1] >> 4)], T[(s[i + 1] & 15) << 2],
+                     '='};
+        aw_buf_put(b, o, 4);
+    }
+    aw_buf_putc(b, '"');
+}
+
+/* ---- values --------------------------------------------------------------- */
+
+typedef struct {
+    const aw_limits *lim;
+    size_t start; /* b->len when the args array began: the budget counts from here */
+} enc_ctx;
+
+static Py_ssize_t str_cap(aw_buf *b, const enc_ctx *cx) {
+    size_t used = b->len - cx->start;
+    size_t left = used >= cx->lim->budget ? 0 : cx->lim->budget - used;
+    Py_ssize_t cap = cx->lim->max_str;
+    /* A character takes at most 6 bytes of JSON: keep the whole record in budget. */
+    if ((size_t)cap > left / 6)
+        cap = (Py_ssize_t)(left / 6);
+    return cap;
+}
+
+/* Type name from the type object's C field: never a Python-level lookup. */
+static void put_type_name(aw_buf *b, PyObject *o) {
+    const char *name = Py_TYPE(o)->tp_name;
+    aw_buf_cstr(b, name ? name : "?", name ? strlen(name) : 1);
+}
+
+/* String content of a str object (exact or subclass), read from the C object. */
+static void put_unicode_chars(aw_buf *b, PyObject *o, Py_ssize_t n) {
+#if PY_VERSION_HEX < 0x030C0000
+    /* Legacy (not ready) strings only exist before 3.12; readying is pure C. */
+    if (PyUnicode_READY(o) < 0) {
+        PyErr_Clear();
+        aw_buf_put(b, "\"\"", 2);
+        return;
+    }
+#endif
+    int kind = PyUnicode_KIND(o);
+    const void *data = PyUnicode_DATA(o);
+    aw_buf_putc(b, '"');
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *d = (const Py_UCS1 *)data;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS1 c = d[i];
+            if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+                aw_buf_putc(b, (char)c);
+            else
+                put_codepoint(b, c);
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            put_codepoint(b, PyUnicode_READ(kind, data, i));
+    }
+    aw_buf_putc(b, '"');
+}
+
+static void put_str(aw_buf *b, PyObject *o, const enc_ctx *cx) {
+    Py_ssize_t len = PyUnicode_GET_LENGTH(o);
+    Py_ssize_t cap = str_cap(b, cx);
+    int exact = PyUnicode_CheckExact(o);
+    if (exact && len <= cap) {
+        put_unicode_chars(b, o, len);
+        return;
+    }
+    aw_buf_puts(b, "{\"$\":\"str\",\"v\":");
+    put_unicode_chars(b, o, len <= cap ? len : cap);
+    if (!exact) {
+        aw_buf_puts(b, ",\"type\":");
+        put_type_name(b, o);
+    }
+    if (len > cap) {
+        aw_buf_puts(b, ",\"len\":");
+        aw_buf_int(b, len);
+        aw_buf_puts(b, ",\"trunc\":true");
+    }
+    aw_buf_putc(b, '}');
+}
+
+static void put_bytes_like(aw_buf *b, PyObject *o, const char *tag, const unsigned char *data,
+                           Py_ssize_t len, int exact, const enc_ctx *cx) {
+    Py_ssize_t cap = str_cap(b, cx);
+    if (cap > cx->lim->max_bytes)
+        cap = cx->lim->max_bytes;
+    Py_ssize_t n = len <= cap ? len : cap;
+    aw_buf_puts(b, "{\"$\":\"");
+    aw_buf_puts(b, tag);
+    aw_buf_puts(b, "\",\"len\":");
+    aw_buf_int(b, len);
+    if (utf8_valid(data, (size_t)n)) {
+        aw_buf_puts(b, ",\"text\":");
+        aw_buf_cstr(b, (const char *)data, (size_t)n);
+    } else {
+        aw_buf_puts(b, ",\"b64\":");
+        put_b64(b, data, (size_t)n);
+    }
+    if (!exact) {
+        aw_buf_puts(b, ",\"type\":");
+        put_type_name(b, o);
+    }
+    if (len > cap)
+        aw_buf_puts(b, ",\"trunc\":true");
+    aw_buf_putc(b, '}');
+}
+
+static void put_long(aw_buf *b, PyObject *o) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (!overflow && !(v == -1 && PyErr_Occurred())) {
+        aw_buf_int(b, v);
+        return;
+    }
+    PyErr_Clear();
+    size_t bits = _PyLong_NumBits(o);
+    if (bits == (size_t)-1)
+        PyErr_Clear();
+    aw_buf_puts(b, "{\"$\":\"int\",\"bits\":");
+    aw_buf_uint(b, bits);
+    if (bits != (size_t)-1 && bits <= 4096) {
+        /* Exact int: PyNumber_ToBase is pure C (no __index__ on an exact int). */
+        PyObject *hex = PyNumber_ToBase(o, 16);
+        if (hex && PyUnicode_CheckExact(hex)) {
+            aw_buf_puts(b, ",\"hex\":");
+            put_unicode_chars(b, hex, PyUnicode_GET_LENGTH(hex));
+        }
+        Py_XDECREF(hex);
+        PyErr_Clear();
+    }
+    aw_buf_putc(b, '}');
+}
+
+static void put_float(aw_buf *b, double d) {
+    if (isnan(d)) {
+        aw_buf_puts(b, "{\"$\":\"float\",\"v\":\"nan\"}");
+    } else if (isinf(d)) {
+        aw_buf_puts(b, d > 0 ? "{\"$\":\"float\",\"v\":\"inf\"}" : "{\"$\":\"float\",\"v\":\"-inf\"}");
+    } else {
+        char tmp[40];
+        int n = snprintf(tmp, sizeof tmp, "%.17g", d);
+        if (n > 0 && (size_t)n < sizeof tmp) {
+            aw_buf_put(b, tmp, (size_t)n);
+            if (!strpbrk(tmp, ".eE"))
+                aw_buf_put(b, ".0", 2);
+        } else {
+            aw_buf_puts(b, "null");
+        }
+    }
+}
+
+static void put_value(aw_buf *b, PyObject *o, int depth, const enc_ctx *cx);
+
+static void put_sequence(aw_buf *b, PyObject *o, PyObject **items, Py_ssize_t len, const char *tag,
+                         int depth, const enc_ctx *cx) {
+    Py_ssize_t n = len <= cx->lim->max_items ? len : cx->lim->max_items;
+    int exact = Py_IS_TYPE(o, &PyTuple_Type) || Py_IS_TYPE(o, &PyList_Type);
+    int wrap = !exact || n < len;
+    if (wrap) {
+        aw_buf_puts(b, "{\"$\":\"");
+        aw_buf_puts(b, tag);
+        aw_buf_puts(b, "\",\"items\":");
+    }
+    aw_buf_putc(b, '[');
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i)
+            aw_buf_putc(b, ',');
+        put_value(b, items[i], depth + 1, cx);
+    }
+    aw_buf_putc(b, ']');
+    if (wrap) {
+        if (!exact) {
+            aw_buf_puts(b, ",\"type\":");
+            put_type_name(b, o);
+        }
+        if (n < len) {
+            aw_buf_puts(b, ",\"len\":");
+            aw_buf_int(b, len);
+            aw_buf_puts(b, ",\"trunc\":true");
+        }
+        aw_buf_putc(b, '}');
+    }
+}
+
+static void put_dict(aw_buf *b, PyObject *o, int depth, const enc_ctx *cx) {
+    /* PyDict_Next walks the C table: no hashing, no comparisons, no Python code. */
+    Py_ssize_t len = PyDict_GET_SIZE(o);
+    Py_ssize_t pos = 0, n = 0;
+    PyObject *k, *v;
+    aw_buf_puts(b, "{\"$\":\"dict\",\"len\":");
+    aw_buf_int(b, len);
+    aw_buf_puts(b, ",\"items\":[");
+    while (n < cx->lim->max_items && PyDict_Next(o, &pos, &k, &v)) {
+        if (n++)
+            aw_buf_putc(b, ',');
+        aw_buf_putc(b, '[');
+        put_value(b, k, depth + 1, cx);
+        aw_buf_putc(b, ',');
+        put_value(b, v, depth + 1, cx);
+        aw_buf_putc(b, ']');
+    }
+    aw_buf_putc(b, ']');
+    if (!PyDict_CheckExact(o)) {
+        aw_buf_puts(b, ",\"type\":");
+        put_type_name(b, o);
+    }
+    if (n < len)
+        aw_buf_puts(b, ",\"trunc\":true");
+    aw_buf_putc(b, '}');
+}
+
+static void put_code(aw_buf *b, PyCodeObject *co, const enc_ctx *cx) {
+    aw_buf_puts(b, "{\"$\":\"code\",\"name\":");
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *name = co->co_qualname;
+#else
+    PyObject *name = co->co_name;
+#endif
+    if (name && PyUnicode_Check(name))
+        put_str(b, name, cx);
+    else
+        aw_buf_puts(b, "null");
+    aw_buf_puts(b, ",\"file\":");
+    if (co->co_filename && PyUnicode_Check(co->co_filename))
+        put_str(b, co->co_filename, cx);
+    else
+        aw_buf_puts(b, "null");
+    aw_buf_puts(b, ",\"line\":");
+    aw_buf_int(b, co->co_firstlineno);
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *bytecode = PyCode_GetCode(co); /* new reference; pure C */
+#else
+    PyObject *bytecode = co->co_code;
+    Py_XINCREF(bytecode);
+#endif
+    if (bytecode && PyBytes_Check(bytecode)) {
+        char hex[65];
+        aw_sha256_hex(PyBytes_AS_STRING(bytecode), (size_t)PyBytes_GET_SIZE(bytecode), hex);
+        aw_buf_puts(b, ",\"sha256\":\"");
+        aw_buf_put(b, hex, 64);
+        aw_buf_putc(b, '"');
+    }
+    Py_XDECREF(bytecode);
+    PyErr_Clear();
+    aw_buf_putc(b, '}');
+}
+
+static void put_tagged_type(aw_buf *b, const char *tag, PyObject *o) {
+    aw_buf_puts(b, "{\"$\":\"");
+    aw_buf_puts(b, tag);
+    aw_buf_puts(b, "\",\"type\":");
+    put_type_name(b, o);
+    aw_buf_putc(b, '}');
+}
+
+static void put_value(aw_buf *b, PyObject *o, int depth, const enc_ctx *cx) {
+    if (o == NULL || o == Py_None) {
+        aw_buf_puts(b, "null");
+    } else if (o == Py_True) {
+        aw_buf_puts(b, "true");
+    } else if (o == Py_False) {
+        aw_buf_puts(b, "false");
+    } else if (PyUnicode_Check(o)) {
+        put_str(b, o, cx);
+    } else if (PyLong_CheckExact(o)) {
+        put_long(b, o);
+    } else if (PyFloat_CheckExact(o)) {
+        put_float(b, PyFloat_AS_DOUBLE(o));
+    } else if (PyBytes_Check(o)) {
+        put_bytes_like(b, o, "bytes", (const unsigned char *)PyBytes_AS_STRING(o),
+                       PyBytes_GET_SIZE(o), PyBytes_CheckExact(o), cx);
+    } else if (PyByteArray_Check(o)) {
+        put_bytes_like(b, o, "bytearray", (const unsigned char *)PyByteArray_AS_STRING(o),
+                       PyByteArray_GET_SIZE(o), PyByteArray_CheckExact(o), cx);
+    } else if (PyCode_Check(o)) {
+        put_code(b, (PyCodeObject *)o, cx);
+    } else if (depth >= cx->lim->max_depth &&
+               (PyTuple_Check(o) || PyList_Check(o) || PyDict_Check(o))) {
+        put_tagged_type(b, "deep", o);
+    } else if (PyTuple_Check(o)) {
+        put_sequence(b, o, &PyTuple_GET_ITEM(o, 0), PyTuple_GET_SIZE(o), "tuple", depth, cx);
+    } else if (PyList_Check(o)) {
+        put_sequence(b, o, ((PyListObject *)o)->ob_item, PyList_GET_SIZE(o), "list", depth, cx);
+    } else if (PyDict_Check(o)) {
+        put_dict(b, o, depth, cx);
+    } else if (PyType_Check(o)) {
+        aw_buf_puts(b, "{\"$\":\"type\",\"name\":");
+        const char *name = ((PyTypeObject *)o)->tp_name;
+        aw_buf_cstr(b, name ? name : "?", name ? strlen(name) : 1);
+        aw_buf_putc(b, '}');
+    } else if (PyFunction_Check(o)) {
+        PyObject *qn = ((PyFunctionObject *)o)->func_qualname;
+        aw_buf_puts(b, "{\"$\":\"function\",\"name\":");
+        if (qn && PyUnicode_Check(qn))
+            put_str(b, qn, cx);
+        else
+            aw_buf_puts(b, "null");
+        aw_buf_putc(b, '}');
+    } else {
+        put_tagged_type(b, "object", o);
+    }
+}
+
+void aw_encode_args(aw_buf *b, PyObject *args, const aw_limits *lim) {
+    enc_ctx cx = {lim, b->len};
+    if (args == NULL || !PyTuple_Check(args)) {
+        aw_buf_puts(b, "[]");
+        return;
+    }
+    /* The args tuple itself is an array even when long: truncate items only. */
+    Py_ssize_t len = PyTuple_GET_SIZE(args);
+    aw_buf_putc(b, '[');
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (i)
+            aw_buf_putc(b, ',');
+        put_value(b, PyTuple_GET_ITEM(args, i), 1, &cx);
+    }
+    aw_buf_putc(b, ']');
+}
+
+/* ---- where ---------------------------------------------------------------- */
+
+void aw_encode_where(aw_buf *b, PyThreadState *ts) {
+    if (ts == NULL) {
+        aw_buf_puts(b, "null");
+        return;
+    }
+    static const aw_limits where_limits = {512, 0, 0, 0, 4096};
+    enc_ctx cx = {&where_limits, b->len};
+#if PY_VERSION_HEX >= 0x03090000
+    PyFrameObject *f = PyThreadState_GetFrame(ts); /* new reference */
+    if (f == NULL) {
+        aw_buf_puts(b, "null");
+        return;
+    }
+    PyCodeObject *co = PyFrame_GetCode(f); /* new reference */
+#else
+    PyFrameObject *f = ts->frame;
+    if (f == NULL) {
+        aw_buf_puts(b, "null");
+        return;
+    }
+    PyCodeObject *co = f->f_code;
+#endif
+    int line = PyFrame_GetLineNumber(f);
+    aw_buf_puts(b, "{\"file\":");
+    if (co && co->co_filename && PyUnicode_Check(co->co_filename))
+        put_str(b, co->co_filename, &cx);
+    else
+        aw_buf_puts(b, "null");
+    aw_buf_puts(b, ",\"line\":");
+    aw_buf_int(b, line);
+    aw_buf_puts(b, ",\"func\":");
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *fn = co ? co->co_qualname : NULL;
+#else
+    PyObject *fn = co ? co->co_name : NULL;
+#endif
+    if (fn && PyUnicode_Check(fn))
+        put_str(b, fn, &cx);
+    else
+        aw_buf_puts(b, "null");
+    aw_buf_putc(b, '}');
+#if PY_VERSION_HEX >= 0x03090000
+    Py_XDECREF(co);
+    Py_DECREF(f);
+#endif
+}

@@ -1,0 +1,111 @@
+/* The audit hook: registered with PySys_AddAuditHook, so it is global to the
+ * runtime (every interpreter, every thread) and lives in C memory that Python code
+ * cannot reach. */
+#include "aw.h"
+
+#include <string.h>
+
+#define MAX_EVENT_NAME 512
+
+static __thread int in_hook;
+atomic_int aw_probe_seen, aw_probing;
+static atomic_ullong reentrant, denied;
+
+static const char *ACTION_NAMES[] = {"ignore", "record", "flush", "deny"};
+
+static long long interp_id(PyThreadState *ts) {
+    if (ts == NULL)
+        return -1;
+#if PY_VERSION_HEX >= 0x03090000
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(ts);
+#else
+    PyInterpreterState *interp = ts->interp;
+#endif
+    return interp ? (long long)PyInterpreterState_GetID(interp) : -1;
+}
+
+uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
+                         int may_release_gil) {
+    aw_writer_ensure();
+    PyThreadState *ts = AW_TSTATE();
+    char storage[2048];
+    aw_buf b;
+    aw_buf_init(&b, storage, sizeof storage);
+    aw_buf_puts(&b, "\"ts\":");
+    aw_buf_int(&b, aw_now_ns());
+    aw_buf_puts(&b, ",\"tid\":");
+    aw_buf_int(&b, (long long)aw_gettid());
+    aw_buf_puts(&b, ",\"interp\":");
+    aw_buf_int(&b, interp_id(ts));
+    aw_buf_puts(&b, ",\"kind\":\"event\",\"event\":");
+    size_t n = strlen(event);
+    aw_buf_cstr(&b, event, n > MAX_EVENT_NAME ? MAX_EVENT_NAME : n);
+    if (n > MAX_EVENT_NAME) {
+        aw_buf_puts(&b, ",\"event_len\":");
+        aw_buf_uint(&b, n);
+    }
+    aw_buf_puts(&b, ",\"args\":");
+    aw_encode_args(&b, args, &aw_default_limits);
+    aw_buf_puts(&b, ",\"where\":");
+    aw_encode_where(&b, ts);
+    aw_buf_puts(&b, ",\"action\":\"");
+    aw_buf_puts(&b, action);
+    aw_buf_putc(&b, '"');
+    if (rule) {
+        aw_buf_puts(&b, ",\"rule\":");
+        aw_buf_cstr(&b, rule, strlen(rule));
+    }
+    uint64_t ticket = 0;
+    if (!b.oom)
+        ticket = aw_ring_put(b.p, b.len, may_release_gil);
+    aw_buf_free(&b);
+    return ticket;
+}
+
+int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
+    (void)userdata;
+    if (!atomic_load_explicit(&aw_proc.active, memory_order_relaxed))
+        return 0;
+    const char *rule = NULL;
+    int action = aw_table_lookup(event, &rule);
+    if (atomic_load_explicit(&aw_probing, memory_order_relaxed) &&
+        strcmp(event, "auditwatch.install") == 0) {
+        /* The installation probe is on record whatever the table says. */
+        atomic_store(&aw_probe_seen, 1);
+        action = AW_RECORD;
+        rule = NULL;
+    }
+    if (action == AW_IGNORE)
+        return 0;
+    if (in_hook) {
+        /* Nothing we call raises events; if that ever changes, do not recurse. */
+        atomic_fetch_add(&reentrant, 1);
+        return 0;
+    }
+    in_hook = 1;
+
+    /* Keep an exception the caller already has pending: encoding may clear errors. */
+    PyThreadState *ts = AW_TSTATE();
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (ts && PyErr_Occurred())
+        PyErr_Fetch(&et, &ev, &etb);
+
+    uint64_t ticket = aw_record_event(event, args, ACTION_NAMES[action],
+                                      action == AW_DENY ? rule : NULL, 1);
+    if (action >= AW_FLUSH)
+        aw_ring_flush(ticket, aw_opts.flush_timeout, 1);
+
+    if (et || ev || etb)
+        PyErr_Restore(et, ev, etb);
+    in_hook = 0;
+    if (action == AW_DENY && ts) {
+        atomic_fetch_add(&denied, 1);
+        PyErr_Format(PyExc_PermissionError, "auditwatch: '%.200s' denied by '%.200s'", event,
+                     rule ? rule : "config");
+        return -1;
+    }
+    return 0;
+}
+
+unsigned long long aw_hook_reentrant(void) { return atomic_load(&reentrant); }
+unsigned long long aw_hook_denied(void) { return atomic_load(&denied); }

@@ -1,0 +1,284 @@
+/* auditwatch._hook: the Python binding of the native recorder.
+ *
+ * Deliberately small: install once, read counters, flush, exit. There is no
+ * function to stop recording, change the event table or remove the hook: once
+ * installed, nothing inside the process can switch it off from Python.
+ */
+#include "aw.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern atomic_int aw_probe_seen, aw_probing;
+unsigned long long aw_hook_reentrant(void);
+unsigned long long aw_hook_denied(void);
+
+static int installed;
+
+/* "key=value;key=value" -> aw_opts / aw_default_limits. */
+static int parse_options(const char *spec, char *err, size_t errlen) {
+    char *copy = strdup(spec ? spec : "");
+    if (!copy) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ";", &save); item; item = strtok_r(NULL, ";", &save)) {
+        while (*item == ' ')
+            item++;
+        if (!*item)
+            continue;
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            snprintf(err, errlen, "bad option '%.100s': expected KEY=VALUE", item);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        const char *key = item, *val = eq + 1;
+        char *end = NULL;
+        errno = 0;
+        double num = strtod(val, &end);
+        int numeric = end != val && *end == '\0' && errno == 0;
+        if (strcmp(key, "policy") == 0) {
+            if (strcmp(val, "wait") == 0)
+                aw_opts.policy = AW_POLICY_WAIT;
+            else if (strcmp(val, "drop") == 0)
+                aw_opts.policy = AW_POLICY_DROP;
+            else {
+                snprintf(err, errlen, "option policy=%.50s: expected wait or drop", val);
+                rc = -1;
+                break;
+            }
+            continue;
+        }
+        if (strcmp(key, "spool") == 0) {
+            if (strlen(val) >= sizeof aw_opts.spool_dir) {
+                snprintf(err, errlen, "option spool: path too long");
+                rc = -1;
+                break;
+            }
+            strcpy(aw_opts.spool_dir, val);
+            continue;
+        }
+        if (!numeric || num < 0) {
+            snprintf(err, errlen, "option %.50s=%.50s: expected a non-negative number", key, val);
+            rc = -1;
+            break;
+        }
+        if (strcmp(key, "heartbeat") == 0 && num > 0)
+            aw_opts.heartbeat = num;
+        else if (strcmp(key, "flush_timeout") == 0)
+            aw_opts.flush_timeout = num;
+        else if (strcmp(key, "ring") == 0)
+            aw_opts.ring_bytes = (size_t)num;
+        else if (strcmp(key, "sigterm") == 0)
+            aw_opts.sigterm = num != 0;
+        else if (strcmp(key, "max_str") == 0 && num >= 16)
+            aw_default_limits.max_str = (Py_ssize_t)num;
+        else if (strcmp(key, "max_bytes") == 0 && num >= 0)
+            aw_default_limits.max_bytes = (Py_ssize_t)num;
+        else if (strcmp(key, "max_items") == 0 && num >= 1)
+            aw_default_limits.max_items = (Py_ssize_t)num;
+        else if (strcmp(key, "max_depth") == 0 && num >= 1 && num <= 32)
+            aw_default_limits.max_depth = (int)num;
+        else {
+            snprintf(err, errlen,
+                     "unknown or out-of-range option '%.50s' (known: policy, spool, heartbeat, "
+                     "flush_timeout, ring, sigterm, max_str>=16, max_bytes, max_items>=1, max_depth 1-32)",
+                     key);
+            rc = -1;
+            break;
+        }
+    }
+    free(copy);
+    return rc;
+}
+
+static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"installed", "sink", "events", "options", NULL};
+    const char *how = "late", *sink = NULL, *events = NULL, *options = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|szzz:install", kwlist, &how, &sink, &events,
+                                     &options))
+        return NULL;
+    if (installed) {
+        PyErr_Format(PyExc_RuntimeError, "auditwatch is already recording this process (run %s)",
+                     aw_proc.run);
+        return NULL;
+    }
+    const char *stage;
+    if (strcmp(how, "site") == 0)
+        stage = "site";
+    else if (strcmp(how, "late") == 0)
+        stage = "late";
+    else if (strcmp(how, "pre-init") == 0)
+        stage = "pre-init";
+    else {
+        PyErr_Format(PyExc_ValueError, "installed must be 'site', 'late' or 'pre-init', not '%.50s'",
+                     how);
+        return NULL;
+    }
+    if (!sink)
+        sink = getenv("AUDITWATCH_SINK");
+    if (!events)
+        events = getenv("AUDITWATCH_EVENTS");
+    if (!options)
+        options = getenv("AUDITWATCH_OPTIONS");
+    char err[512] = "";
+    if (sink && strlen(sink) >= sizeof aw_opts.sink) {
+        PyErr_SetString(PyExc_ValueError, "auditwatch: sink path too long");
+        return NULL;
+    }
+    if (sink && *sink && strncmp(sink, "unix:", 5) != 0 && strncmp(sink, "file:", 5) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "auditwatch: sink '%.200s' is not understood: use unix:/path/to/socket or "
+                     "file:/path/to/records.jsonl",
+                     sink);
+        return NULL;
+    }
+    if (parse_options(options, err, sizeof err) < 0) {
+        PyErr_Format(PyExc_ValueError, "auditwatch: AUDITWATCH_OPTIONS: %s", err);
+        return NULL;
+    }
+    if (aw_table_configure(events, err, sizeof err) < 0) {
+        PyErr_Format(PyExc_ValueError, "auditwatch: AUDITWATCH_EVENTS: %s", err);
+        return NULL;
+    }
+    strcpy(aw_opts.sink, sink ? sink : "");
+    if (aw_proc_install(stage, err, sizeof err) < 0) {
+        PyErr_Format(PyExc_RuntimeError, "auditwatch: %s", err);
+        return NULL;
+    }
+    installed = 1;
+    if (PySys_AddAuditHook(aw_audit_hook, NULL) < 0)
+        return NULL;
+    /* PySys_AddAuditHook returns success when an existing hook refuses it with a
+     * RuntimeError: prove that ours is called before saying it is installed. */
+    atomic_store(&aw_probing, 1);
+    int probe = PySys_Audit("auditwatch.install", "s", stage);
+    atomic_store(&aw_probing, 0);
+    if (probe < 0)
+        return NULL;
+    if (!atomic_load(&aw_probe_seen)) {
+        atomic_store(&aw_proc.active, 0);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "auditwatch: another audit hook refused the installation of auditwatch's "
+                        "hook; install auditwatch before it (site start-up or the launcher)");
+        return NULL;
+    }
+    return PyUnicode_FromString(aw_proc.run);
+}
+
+static PyObject *hook_status(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    if (!installed)
+        return Py_BuildValue("{s:O}", "installed", Py_None);
+    aw_counters c;
+    aw_ring_counters(&c);
+    static const char *states[] = {"none", "sink", "spool", "lost"};
+    const char *state = c.sink_state >= 0 && c.sink_state < 4 ? states[c.sink_state] : "?";
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s}",
+                         "installed", aw_proc.installed, "run", aw_proc.run, "parent_run",
+                         aw_proc.parent_run, "pid", (int)aw_proc.pid, "sink", aw_opts.sink,
+                         "policy", aw_opts.policy == AW_POLICY_DROP ? "drop" : "wait", "queued",
+                         (unsigned long long)c.queued, "written", (unsigned long long)c.written,
+                         "dropped", (unsigned long long)c.dropped, "spooled",
+                         (unsigned long long)c.spooled, "lost", (unsigned long long)c.lost,
+                         "heartbeats", (unsigned long long)c.heartbeats, "reentrant",
+                         aw_hook_reentrant(), "denied", aw_hook_denied(), "sink_state", state,
+                         "sink_error", c.sink_error);
+}
+
+static PyObject *hook_flush(PyObject *self, PyObject *args) {
+    (void)self;
+    double timeout = 5.0;
+    if (!PyArg_ParseTuple(args, "|d:flush", &timeout))
+        return NULL;
+    if (!installed)
+        Py_RETURN_FALSE;
+    /* A flush marker: every record queued before it has left once it has. */
+    uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL, 1);
+    int rc = aw_ring_flush(ticket, timeout, 1);
+    return PyBool_FromLong(rc == 0);
+}
+
+static PyObject *hook_exit(PyObject *self, PyObject *arg) {
+    (void)self;
+    /* os._exit() replacement: the exit record leaves before the process does. */
+    int overflow = 0;
+    long code = PyLong_AsLongAndOverflow(arg, &overflow);
+    if (code == -1 && PyErr_Occurred())
+        return NULL;
+    if (installed)
+        aw_proc_exit_record("os._exit", (int)code, 0);
+    _exit((int)code);
+}
+
+static PyObject *hook_begin_child(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    /* After os.fork() in the child: make the run (id, writer, start record) now. */
+    if (installed)
+        aw_writer_ensure();
+    return PyUnicode_FromString(aw_proc.run);
+}
+
+static PyObject *hook_encode_args(PyObject *self, PyObject *args) {
+    (void)self;
+    /* Exposes the encoder to tests: the same code the hook runs on event arguments. */
+    PyObject *tuple;
+    if (!PyArg_ParseTuple(args, "O!:encode_args", &PyTuple_Type, &tuple))
+        return NULL;
+    aw_buf b;
+    aw_buf_init(&b, NULL, 0);
+    aw_encode_args(&b, tuple, &aw_default_limits);
+    PyObject *res = b.oom ? PyErr_NoMemory() : PyUnicode_DecodeUTF8(b.p, (Py_ssize_t)b.len, "strict");
+    aw_buf_free(&b);
+    return res;
+}
+
+static PyObject *hook_default_events(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    return PyUnicode_FromString(aw_table_default_spec());
+}
+
+static PyMethodDef methods[] = {
+    {"install", (PyCFunction)(void (*)(void))hook_install, METH_VARARGS | METH_KEYWORDS,
+     "install(installed='late', sink=None, events=None, options=None) -> run id\n\n"
+     "Register the native audit hook. None takes the value from the environment\n"
+     "(AUDITWATCH_SINK, AUDITWATCH_EVENTS, AUDITWATCH_OPTIONS). Once per process."},
+    {"status", hook_status, METH_NOARGS, "Counters of the recorder (a new dict each call)."},
+    {"flush", hook_flush, METH_VARARGS,
+     "flush(timeout=5.0) -> bool: wait until every record so far has left the process."},
+    {"exit", hook_exit, METH_O, "exit(code): write the exit record, then _exit(code)."},
+    {"begin_child", hook_begin_child, METH_NOARGS,
+     "begin_child() -> run id: start the forked child's own run now."},
+    {"encode_args", hook_encode_args, METH_VARARGS,
+     "encode_args(tuple) -> str: the JSON the hook would record for these arguments."},
+    {"default_events", hook_default_events, METH_NOARGS,
+     "The built-in event table entries, applied after the configured ones."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Multi-phase init: the module has no per-interpreter state (the recorder is one
+ * per process, its shared state behind mutexes and atomics), so it can be imported
+ * in subinterpreters, including those with their own GIL, where the bootstrap
+ * finds it already installed. */
+static PyModuleDef_Slot slots[] = {
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "auditwatch._hook",
+    "Native core of auditwatch: the audit hook, argument encoding, ring and writer thread.", 0,
+    methods, slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__hook(void) { return PyModuleDef_Init(&module); }

@@ -1,0 +1,527 @@
+/* Ring buffer, writer thread and sink.
+ *
+ * Recording threads (holding some interpreter's GIL) append record bodies to a byte
+ * ring under a mutex. One native writer thread, which never touches the Python API
+ * and so never needs a GIL, takes them out in order, numbers them (seq), adds the
+ * per-process prefix and writes them to the sink: the collector's Unix socket, or a
+ * file. When the sink fails the writer switches to a spool file and nothing is lost;
+ * when that fails too, what could not be written is counted.
+ *
+ * The writer reads entries outside the mutex: producers only ever write into free
+ * space and only the writer frees space, so [tail, head) is stable once head has been
+ * read under the mutex.
+ */
+#include "aw.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+aw_options aw_opts = {"", "", 4u << 20, AW_POLICY_WAIT, 5.0, 2.0, 1};
+
+#define LINGER_NS 1000000L    /* let a burst gather into one write */
+#define BATCH_BYTES (256 << 10) /* flush the output buffer past this size */
+#define SINK_FD_MIN 200         /* keep our fds out of the way of programs' own */
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t not_empty, not_full, flushed, stopped;
+    char *data;
+    uint64_t cap, head, tail; /* bytes; head and tail only grow */
+    uint64_t put_ticket, done_ticket;
+    uint64_t dropped_pending;
+    int writer_waiting, flush_wanted, stop, writer_done;
+    atomic_int writer_running;
+    pthread_t writer;
+    aw_counters c;
+} R = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .not_empty = PTHREAD_COND_INITIALIZER,
+       .not_full = PTHREAD_COND_INITIALIZER,
+       .flushed = PTHREAD_COND_INITIALIZER,
+       .stopped = PTHREAD_COND_INITIALIZER};
+
+static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Sink state: touched by the writer thread only (and by fork/exit with it stopped). */
+static struct {
+    int fd, spool_fd;
+    dev_t dev;
+    ino_t ino;
+    uint64_t seq;
+} S = {-1, -1, 0, 0, 0};
+
+int aw_ring_init(size_t bytes) {
+    if (bytes < (1u << 20))
+        bytes = 1u << 20;
+    R.data = malloc(bytes);
+    if (!R.data)
+        return -1;
+    R.cap = bytes;
+    return 0;
+}
+
+static void deadline_in(struct timespec *ts, double seconds) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    long long ns = ts->tv_nsec + (long long)(seconds * 1e9);
+    ts->tv_sec += (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+}
+
+/* Release the GIL around a wait when it is safe to: never without a thread state,
+ * never during finalization (a daemon thread re-taking the GIL then would exit). */
+static PyThreadState *maybe_release_gil(int may) {
+    if (!may)
+        return NULL;
+    PyThreadState *ts = AW_TSTATE();
+#if PY_VERSION_HEX >= 0x030D0000
+    if (ts == NULL || Py_IsFinalizing() || !PyGILState_Check())
+#else
+    if (ts == NULL || _Py_IsFinalizing() || !PyGILState_Check())
+#endif
+        return NULL;
+    return PyEval_SaveThread();
+}
+
+static void ring_copy_in(uint64_t at, const void *src, size_t n) {
+    uint64_t off = at % R.cap;
+    size_t first = (size_t)(R.cap - off) < n ? (size_t)(R.cap - off) : n;
+    memcpy(R.data + off, src, first);
+    if (first < n)
+        memcpy(R.data, (const char *)src + first, n - first);
+}
+
+static void ring_copy_out(uint64_t at, void *dst, size_t n) {
+    uint64_t off = at % R.cap;
+    size_t first = (size_t)(R.cap - off) < n ? (size_t)(R.cap - off) : n;
+    memcpy(dst, R.data + off, first);
+    if (first < n)
+        memcpy((char *)dst + first, R.data, n - first);
+}
+
+uint64_t aw_ring_put(const char *body, size_t n, int may_release_gil) {
+    uint32_t len = (uint32_t)n;
+    uint64_t need = (uint64_t)n + sizeof len;
+    if (R.data == NULL || need > R.cap)
+        return 0;
+    PyThreadState *saved = NULL;
+    pthread_mutex_lock(&R.mu);
+    while (R.cap - (R.head - R.tail) < need) {
+        if (aw_opts.policy == AW_POLICY_DROP || !atomic_load(&R.writer_running) || R.stop) {
+            R.dropped_pending++;
+            R.c.dropped++;
+            if (R.writer_waiting)
+                pthread_cond_signal(&R.not_empty);
+            pthread_mutex_unlock(&R.mu);
+            if (saved)
+                PyEval_RestoreThread(saved);
+            return 0;
+        }
+        if (saved == NULL && may_release_gil) {
+            /* Waiting for room can take a while: let other threads run meanwhile. */
+            pthread_mutex_unlock(&R.mu);
+            saved = maybe_release_gil(1);
+            may_release_gil = 0;
+            pthread_mutex_lock(&R.mu);
+            continue;
+        }
+        if (R.writer_waiting)
+            pthread_cond_signal(&R.not_empty);
+        pthread_cond_wait(&R.not_full, &R.mu);
+    }
+    ring_copy_in(R.head, &len, sizeof len);
+    ring_copy_in(R.head + sizeof len, body, n);
+    R.head += need;
+    uint64_t ticket = ++R.put_ticket;
+    R.c.queued++;
+    if (R.writer_waiting)
+        pthread_cond_signal(&R.not_empty);
+    pthread_mutex_unlock(&R.mu);
+    if (saved)
+        PyEval_RestoreThread(saved);
+    return ticket;
+}
+
+int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
+    if (ticket == 0 || !atomic_load(&R.writer_running))
+        return ticket == 0 ? 0 : -1;
+    PyThreadState *saved = maybe_release_gil(may_release_gil);
+    struct timespec dl;
+    deadline_in(&dl, timeout);
+    int rc = 0;
+    pthread_mutex_lock(&R.mu);
+    R.flush_wanted = 1;
+    if (R.writer_waiting)
+        pthread_cond_signal(&R.not_empty);
+    while (R.done_ticket < ticket && !R.writer_done) {
+        if (pthread_cond_timedwait(&R.flushed, &R.mu, &dl) == ETIMEDOUT) {
+            rc = -1;
+            break;
+        }
+    }
+    if (R.done_ticket < ticket)
+        rc = -1;
+    pthread_mutex_unlock(&R.mu);
+    if (saved)
+        PyEval_RestoreThread(saved);
+    return rc;
+}
+
+void aw_ring_counters(aw_counters *out) {
+    pthread_mutex_lock(&R.mu);
+    *out = R.c;
+    pthread_mutex_unlock(&R.mu);
+}
+
+/* ---- sink ------------------------------------------------------------------ */
+
+static void set_sink_error(const char *what, const char *path) {
+    pthread_mutex_lock(&R.mu);
+    snprintf(R.c.sink_error, sizeof R.c.sink_error, "%s %.180s: %.60s", what, path, strerror(errno));
+    pthread_mutex_unlock(&R.mu);
+}
+
+static void set_sink_state(int state) {
+    pthread_mutex_lock(&R.mu);
+    R.c.sink_state = state;
+    pthread_mutex_unlock(&R.mu);
+}
+
+/* Move fd above the range programs usually manage themselves; remember its identity
+ * so a program that closes it and reuses the number never gets our records. */
+static int adopt_fd(int fd, int *out) {
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, SINK_FD_MIN);
+    if (high >= 0) {
+        close(fd);
+        fd = high;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        close(fd);
+        return -1;
+    }
+    S.dev = st.st_dev;
+    S.ino = st.st_ino;
+    *out = fd;
+    return 0;
+}
+
+static int fd_is_ours(int fd) {
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == S.dev && st.st_ino == S.ino;
+}
+
+static int sink_open(void) {
+    const char *sink = aw_opts.sink;
+    int fd = -1;
+    if (strncmp(sink, "unix:", 5) == 0) {
+        struct sockaddr_un addr;
+        memset(&addr, 0, sizeof addr);
+        addr.sun_family = AF_UNIX;
+        if (strlen(sink + 5) >= sizeof addr.sun_path) {
+            errno = ENAMETOOLONG;
+            set_sink_error("connect", sink + 5);
+            return -1;
+        }
+        strcpy(addr.sun_path, sink + 5);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+            set_sink_error("connect", sink + 5);
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+    } else if (strncmp(sink, "file:", 5) == 0) {
+        fd = open(sink + 5, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            set_sink_error("open", sink + 5);
+            return -1;
+        }
+    } else {
+        return -1;
+    }
+    if (adopt_fd(fd, &S.fd) < 0)
+        return -1;
+    set_sink_state(1);
+    return 0;
+}
+
+static int spool_open(void) {
+    if (!aw_opts.spool_dir[0])
+        return -1;
+    char path[1200];
+    mkdir(aw_opts.spool_dir, 0700);
+    snprintf(path, sizeof path, "%s/%s-%d.jsonl", aw_opts.spool_dir, aw_proc.run, (int)aw_proc.pid);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        set_sink_error("open spool", path);
+        return -1;
+    }
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, SINK_FD_MIN);
+    if (high >= 0) {
+        close(fd);
+        fd = high;
+    }
+    S.spool_fd = fd;
+    set_sink_state(2);
+    return 0;
+}
+
+static int write_all(int fd, const char *p, size_t n, int is_socket) {
+    while (n) {
+        ssize_t w = is_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Write a batch of complete lines; returns how many records could not be written. */
+static void sink_write(const char *p, size_t n, uint64_t records) {
+    if (S.fd >= 0) {
+        int is_socket = strncmp(aw_opts.sink, "unix:", 5) == 0;
+        if (fd_is_ours(S.fd) && write_all(S.fd, p, n, is_socket) == 0)
+            goto written;
+        /* A partial line may have reached the collector; the spool gets the whole
+         * batch, and the collector de-duplicates by (run, seq). */
+        set_sink_error("write", aw_opts.sink);
+        if (fd_is_ours(S.fd))
+            close(S.fd);
+        S.fd = -1;
+    }
+    if (S.spool_fd < 0 && spool_open() < 0)
+        goto lost;
+    if (write_all(S.spool_fd, p, n, 0) == 0) {
+        pthread_mutex_lock(&R.mu);
+        R.c.spooled += records;
+        pthread_mutex_unlock(&R.mu);
+        goto written;
+    }
+    set_sink_error("write spool", aw_opts.spool_dir);
+    close(S.spool_fd);
+    S.spool_fd = -1;
+lost:
+    pthread_mutex_lock(&R.mu);
+    R.c.lost += records;
+    R.c.sink_state = 3;
+    pthread_mutex_unlock(&R.mu);
+    return;
+written:
+    pthread_mutex_lock(&R.mu);
+    R.c.written += records;
+    pthread_mutex_unlock(&R.mu);
+}
+
+/* ---- writer thread ---------------------------------------------------------- */
+
+static void out_record_head(aw_buf *out) {
+    size_t plen;
+    const char *prefix = aw_proc_prefix(&plen);
+    aw_buf_puts(out, "{\"v\":1,\"seq\":");
+    aw_buf_uint(out, ++S.seq);
+    aw_buf_put(out, prefix, plen);
+    aw_buf_putc(out, ',');
+}
+
+static void out_meta_record(aw_buf *out, const char *kind, const char *key1, uint64_t v1,
+                            const char *key2, uint64_t v2) {
+    out_record_head(out);
+    aw_buf_puts(out, "\"ts\":");
+    aw_buf_int(out, aw_now_ns());
+    aw_buf_puts(out, ",\"kind\":\"");
+    aw_buf_puts(out, kind);
+    aw_buf_puts(out, "\",\"");
+    aw_buf_puts(out, key1);
+    aw_buf_puts(out, "\":");
+    aw_buf_uint(out, v1);
+    aw_buf_puts(out, ",\"");
+    aw_buf_puts(out, key2);
+    aw_buf_puts(out, "\":");
+    aw_buf_uint(out, v2);
+    aw_buf_puts(out, "}\n");
+}
+
+static void *writer_main(void *arg) {
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the program's business */
+
+    aw_buf out;
+    aw_buf_init(&out, NULL, 0);
+    uint64_t total_dropped = 0;
+
+    pthread_mutex_lock(&R.mu);
+    for (;;) {
+        int heartbeat = 0;
+        if (R.head == R.tail && !R.stop && !R.dropped_pending) {
+            struct timespec dl;
+            deadline_in(&dl, aw_opts.heartbeat);
+            R.writer_waiting = 1;
+            int rc = 0;
+            while (R.head == R.tail && !R.stop && !R.dropped_pending && rc != ETIMEDOUT)
+                rc = pthread_cond_timedwait(&R.not_empty, &R.mu, &dl);
+            R.writer_waiting = 0;
+            heartbeat = rc == ETIMEDOUT && R.head == R.tail;
+            if (!heartbeat && !R.stop && !R.flush_wanted) {
+                /* Woken by the first record of a burst: let the burst gather. */
+                pthread_mutex_unlock(&R.mu);
+                struct timespec linger = {0, LINGER_NS};
+                nanosleep(&linger, NULL);
+                pthread_mutex_lock(&R.mu);
+            }
+        }
+        if (R.head == R.tail && R.stop && !R.dropped_pending)
+            break;
+        uint64_t head = R.head, tail = R.tail, ticket = R.put_ticket;
+        uint64_t dropped = R.dropped_pending;
+        R.dropped_pending = 0;
+        R.flush_wanted = 0;
+        pthread_mutex_unlock(&R.mu);
+
+        uint64_t records = 0;
+        while (tail < head) {
+            uint32_t len;
+            ring_copy_out(tail, &len, sizeof len);
+            out_record_head(&out);
+            char *dst = aw_buf_extend(&out, len);
+            if (dst)
+                ring_copy_out(tail + sizeof len, dst, len);
+            aw_buf_put(&out, "}\n", 2);
+            tail += sizeof len + len;
+            records++;
+            if (out.len >= BATCH_BYTES && tail < head) {
+                sink_write(out.p, out.len, records);
+                out.len = 0;
+                records = 0;
+                pthread_mutex_lock(&R.mu);
+                R.tail = tail;
+                pthread_cond_broadcast(&R.not_full);
+                pthread_mutex_unlock(&R.mu);
+            }
+        }
+        if (dropped) {
+            total_dropped += dropped;
+            out_meta_record(&out, "drop", "dropped", dropped, "total_dropped", total_dropped);
+            records++;
+        }
+        if (heartbeat) {
+            out_meta_record(&out, "heartbeat", "pending", 0, "written", R.c.written);
+            records++;
+            pthread_mutex_lock(&R.mu);
+            R.c.heartbeats++;
+            pthread_mutex_unlock(&R.mu);
+        }
+        if (out.len)
+            sink_write(out.p, out.len, records);
+        out.len = 0;
+        out.oom = 0;
+
+        pthread_mutex_lock(&R.mu);
+        R.tail = tail;
+        R.done_ticket = ticket;
+        pthread_cond_broadcast(&R.not_full);
+        pthread_cond_broadcast(&R.flushed);
+    }
+    R.writer_done = 1;
+    pthread_cond_broadcast(&R.flushed);
+    pthread_cond_broadcast(&R.stopped);
+    pthread_mutex_unlock(&R.mu);
+    aw_buf_free(&out);
+    return NULL;
+}
+
+int aw_writer_ensure(void) {
+    if (atomic_load_explicit(&R.writer_running, memory_order_acquire))
+        return 0;
+    pthread_mutex_lock(&start_mu);
+    int rc = 0;
+    if (!atomic_load(&R.writer_running)) {
+        aw_proc_prepare_run();
+        if (sink_open() < 0 && spool_open() < 0)
+            set_sink_state(3);
+        pthread_mutex_lock(&R.mu);
+        R.stop = 0;
+        R.writer_done = 0;
+        pthread_mutex_unlock(&R.mu);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 256 << 10);
+        rc = pthread_create(&R.writer, &attr, writer_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc == 0) {
+            pthread_detach(R.writer);
+            atomic_store_explicit(&R.writer_running, 1, memory_order_release);
+            aw_proc_start_record();
+        }
+    }
+    pthread_mutex_unlock(&start_mu);
+    return rc == 0 ? 0 : -1;
+}
+
+void aw_writer_stop(double timeout) {
+    if (!atomic_load(&R.writer_running))
+        return;
+    struct timespec dl;
+    deadline_in(&dl, timeout);
+    pthread_mutex_lock(&R.mu);
+    R.stop = 1;
+    if (R.writer_waiting)
+        pthread_cond_signal(&R.not_empty);
+    while (!R.writer_done)
+        if (pthread_cond_timedwait(&R.stopped, &R.mu, &dl) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&R.mu);
+}
+
+/* ---- fork ---------------------------------------------------------------------
+ * prepare: hold the ring mutex so the child gets a consistent ring; the writer
+ * thread does not exist in the child, so the child drops the parent's queued
+ * records (the parent still writes them), closes the parent's sink and starts its
+ * own writer lazily, with a new run id, at its first record. */
+
+static void atfork_prepare(void) {
+    pthread_mutex_lock(&start_mu);
+    pthread_mutex_lock(&R.mu);
+}
+
+static void atfork_parent(void) {
+    pthread_mutex_unlock(&R.mu);
+    pthread_mutex_unlock(&start_mu);
+}
+
+static void atfork_child(void) {
+    pthread_mutex_unlock(&R.mu);
+    pthread_mutex_unlock(&start_mu);
+    pthread_cond_init(&R.not_empty, NULL);
+    pthread_cond_init(&R.not_full, NULL);
+    pthread_cond_init(&R.flushed, NULL);
+    pthread_cond_init(&R.stopped, NULL);
+    R.head = R.tail = 0;
+    R.put_ticket = R.done_ticket = 0;
+    R.dropped_pending = 0;
+    R.writer_waiting = R.flush_wanted = R.stop = R.writer_done = 0;
+    memset(&R.c, 0, sizeof R.c);
+    atomic_store(&R.writer_running, 0);
+    if (S.fd >= 0)
+        close(S.fd);
+    if (S.spool_fd >= 0)
+        close(S.spool_fd);
+    S.fd = S.spool_fd = -1;
+    S.seq = 0;
+    aw_proc_after_fork_child();
+}
+
+void aw_ring_register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }

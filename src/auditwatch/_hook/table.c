@@ -1,0 +1,170 @@
+/* The event table: event name -> action (ignore, record, flush, deny).
+ *
+ * The configuration is a list of "action:glob" entries, first match wins, ending in
+ * the defaults. Matching globs on every event would cost too much, so each name is
+ * decided once and cached in an open-addressing table that readers probe without a
+ * lock (with subinterpreters that own their GIL, two hooks can run at once).
+ * Slots are only ever filled, never changed or freed, and a filled slot is published
+ * with a release store of its name. When the cache is full (hostile code can invent
+ * names with sys.audit), lookups fall back to matching the globs: slower, still right.
+ */
+#include "aw.h"
+
+#include <fnmatch.h>
+#include <pthread.h>
+#include <string.h>
+
+#define MAX_ENTRIES 256
+#define SLOTS 4096 /* power of two */
+
+typedef struct {
+    char *glob;
+    char *text; /* "deny:os.system", reported as the rule that decided */
+    int action;
+} entry;
+
+typedef struct {
+    _Atomic(const char *) name;
+    uint32_t hash;
+    int action;
+    const char *rule;
+} slot;
+
+static entry entries[MAX_ENTRIES];
+static int n_entries;
+static slot slots[SLOTS];
+static int n_slots;
+static pthread_mutex_t insert_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Events too frequent to be worth a record in the default configuration: each is
+ * raised by ordinary library code many times per second (id() in copy/pickle,
+ * frame lookups in logging and typing, sleep loops). Documented in docs/config.md. */
+static const char DEFAULT_SPEC[] =
+    "ignore:builtins.id,"
+    "ignore:sys._getframe,"
+    "ignore:sys._getframemodulename,"
+    "ignore:time.sleep,"
+    "flush:sys.addaudithook,"
+    "flush:setopencodehook,"
+    "flush:code.__new__,"
+    "flush:sys.settrace,"
+    "flush:sys.setprofile,"
+    "flush:sys.monitoring.*,"
+    "flush:gc.get_objects,"
+    "flush:gc.get_referrers,"
+    "flush:gc.get_referents,"
+    "flush:ctypes.dlopen,"
+    "flush:cpython.PyInterpreterState_New,"
+    "flush:os.exec,"
+    "flush:os.fork,"
+    "flush:cpython._PySys_ClearAuditHooks,"
+    "record:*";
+
+const char *aw_table_default_spec(void) { return DEFAULT_SPEC; }
+
+static int parse_action(const char *s, size_t n) {
+    static const char *names[] = {"ignore", "record", "flush", "deny"};
+    for (int i = 0; i < 4; i++)
+        if (strlen(names[i]) == n && memcmp(names[i], s, n) == 0)
+            return i;
+    return -1;
+}
+
+static int add_spec(const char *spec, char *err, size_t errlen) {
+    const char *p = spec;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        while (n && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n) {
+            const char *colon = memchr(p, ':', n);
+            int action = colon ? parse_action(p, (size_t)(colon - p)) : -1;
+            if (action < 0 || colon + 1 == p + n) {
+                snprintf(err, errlen,
+                         "bad event entry '%.*s': expected ACTION:GLOB with ACTION one of "
+                         "ignore, record, flush, deny",
+                         (int)n, p);
+                return -1;
+            }
+            if (n_entries == MAX_ENTRIES) {
+                snprintf(err, errlen, "too many event entries (at most %d)", MAX_ENTRIES);
+                return -1;
+            }
+            entry *e = &entries[n_entries];
+            e->text = strndup(p, n);
+            e->glob = strndup(colon + 1, (size_t)(p + n - colon - 1));
+            if (!e->text || !e->glob) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+            e->action = action;
+            n_entries++;
+        }
+        p = end ? end + 1 : p + n;
+    }
+    return 0;
+}
+
+int aw_table_configure(const char *spec, char *err, size_t errlen) {
+    if (spec && *spec && add_spec(spec, err, errlen) < 0)
+        return -1;
+    return add_spec(DEFAULT_SPEC, err, errlen);
+}
+
+static int match(const char *event, const char **rule) {
+    for (int i = 0; i < n_entries; i++) {
+        if (fnmatch(entries[i].glob, event, 0) == 0) {
+            *rule = entries[i].text;
+            return entries[i].action;
+        }
+    }
+    *rule = NULL;
+    return AW_RECORD;
+}
+
+static uint32_t hash_name(const char *s) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+int aw_table_lookup(const char *event, const char **rule) {
+    uint32_t h = hash_name(event);
+    for (uint32_t i = h & (SLOTS - 1), probes = 0; probes < SLOTS;
+         i = (i + 1) & (SLOTS - 1), probes++) {
+        const char *name = atomic_load_explicit(&slots[i].name, memory_order_acquire);
+        if (name == NULL)
+            break;
+        if (slots[i].hash == h && strcmp(name, event) == 0) {
+            *rule = slots[i].rule;
+            return slots[i].action;
+        }
+    }
+    int action = match(event, rule);
+    pthread_mutex_lock(&insert_mu);
+    if (n_slots < SLOTS / 2) {
+        uint32_t i = h & (SLOTS - 1);
+        for (;; i = (i + 1) & (SLOTS - 1)) {
+            const char *name = atomic_load_explicit(&slots[i].name, memory_order_relaxed);
+            if (name == NULL)
+                break;
+            if (slots[i].hash == h && strcmp(name, event) == 0)
+                goto done; /* another thread inserted it meanwhile */
+        }
+        char *copy = strdup(event);
+        if (copy) {
+            slots[i].hash = h;
+            slots[i].action = action;
+            slots[i].rule = *rule;
+            atomic_store_explicit(&slots[i].name, copy, memory_order_release);
+            n_slots++;
+        }
+    }
+done:
+    pthread_mutex_unlock(&insert_mu);
+    return action;
+}

@@ -1,0 +1,124 @@
+"""What runs inside an audited process.
+
+This module is imported by ``auditwatch.pth`` at site start-up when the environment
+asks for auditing (``AUDITWATCH_SINK`` is set), or by :func:`auditwatch.start`. It
+imports only the standard library and the native extension, and the native hook
+does all the recording: nothing here is on the path of an event.
+
+Environment (read by the native code, so the launcher can use it before Python
+starts):
+
+``AUDITWATCH_SINK``
+    ``unix:/path/to/socket`` (a collector) or ``file:/path/to/records.jsonl``.
+``AUDITWATCH_EVENTS``
+    ``action:glob`` entries, comma-separated, first match wins, before the defaults.
+``AUDITWATCH_OPTIONS``
+    ``key=value`` pairs separated by ``;`` (policy, spool, heartbeat, ...).
+``AUDITWATCH_PARENT_RUN``
+    set by auditwatch for children: the run that started them.
+``AUDITWATCH_REQUIRED``
+    ``1``: a process that cannot be audited exits (status 70) instead of running
+    unaudited.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_ENV_KEYS = ("AUDITWATCH_SINK", "AUDITWATCH_EVENTS", "AUDITWATCH_OPTIONS")
+EX_SOFTWARE = 70
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"auditwatch: WARNING: this process is NOT audited: {message}\n")
+    if os.environ.get("AUDITWATCH_REQUIRED") == "1":
+        sys.stderr.write("auditwatch: AUDITWATCH_REQUIRED=1, exiting\n")
+        os._exit(EX_SOFTWARE)
+
+
+def _after_install(run: str) -> None:
+    from auditwatch import _hook
+
+    # The native code exported the run id into the C environment; os.environ is a
+    # copy made at start-up, and children started with env=os.environ read that.
+    os.environ["AUDITWATCH_PARENT_RUN"] = run
+    # os._exit skips every exit handler: route it through the recorder so the
+    # process still leaves an exit record.
+    import posix
+
+    posix._exit = os._exit = _hook.exit  # type: ignore[assignment]
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child() -> None:
+    from auditwatch import _hook
+
+    # The child's run id is made by its first record; make it now, so that
+    # os.environ carries it to the child's own children.
+    os.environ["AUDITWATCH_PARENT_RUN"] = _hook.begin_child()
+
+
+def bootstrap() -> None:
+    """Install the native hook at site start-up (called from ``auditwatch.pth``)."""
+    try:
+        from auditwatch import _hook
+    except ImportError as exc:
+        _fail(f"cannot load the native hook ({exc}); is auditwatch built for {sys.version}?")
+        return
+    if _hook.status().get("installed"):
+        return  # a subinterpreter: the process-wide hook already covers it
+    try:
+        run = _hook.install("site")
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+        return
+    _after_install(run)
+
+
+def start(
+    sink: str | None = None,
+    events: str | None = None,
+    options: str | None = None,
+    out: str = ".auditwatch",
+    children: bool = True,
+) -> str:
+    """Start recording this process from now on; returns the run id.
+
+    Records say ``installed: late``: everything before this call is not on record.
+    Without a sink (argument or ``AUDITWATCH_SINK``) records are appended to
+    ``OUT/records.jsonl``. With ``children`` (the default) the environment is set so
+    that Python children are audited too.
+    """
+    from auditwatch import _hook
+
+    sink = sink or os.environ.get("AUDITWATCH_SINK")
+    if not sink:
+        os.makedirs(out, exist_ok=True)
+        sink = "file:" + os.path.abspath(os.path.join(out, "records.jsonl"))
+        spool = os.path.abspath(os.path.join(out, "spool"))
+        options = f"spool={spool};{options}" if options else f"spool={spool}"
+    run = _hook.install("late", sink, events, options)
+    if children:
+        values = {"AUDITWATCH_SINK": sink, "AUDITWATCH_EVENTS": events, "AUDITWATCH_OPTIONS": options}
+        for key in _ENV_KEYS:
+            if values[key] is not None:
+                os.environ[key] = values[key]  # type: ignore[assignment]
+    _after_install(run)
+    return run
+
+
+def status() -> dict:
+    """The native recorder's counters; ``{"installed": None}`` when not recording."""
+    try:
+        from auditwatch import _hook
+    except ImportError:
+        return {"installed": None}
+    return _hook.status()
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until every record so far has left this process."""
+    from auditwatch import _hook
+
+    return _hook.flush(timeout)

@@ -1,0 +1,57 @@
+"""Running Python code under audit and reading what it recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Audited:
+    proc: subprocess.CompletedProcess
+    records: list[dict]
+
+    def events(self, name: str | None = None) -> list[dict]:
+        return [r for r in self.records if r["kind"] == "event" and (name is None or r["event"] == name)]
+
+    def kinds(self, kind: str) -> list[dict]:
+        return [r for r in self.records if r["kind"] == kind]
+
+    def runs(self) -> dict[str, list[dict]]:
+        by_run: dict[str, list[dict]] = {}
+        for r in self.records:
+            by_run.setdefault(r["run"], []).append(r)
+        return by_run
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def audit_env(tmp_path: Path, events: str = "", options: str = "", **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("AUDITWATCH_PARENT_RUN", None)
+    env["AUDITWATCH_SINK"] = f"file:{tmp_path / 'records.jsonl'}"
+    env["AUDITWATCH_EVENTS"] = events
+    env["AUDITWATCH_OPTIONS"] = f"spool={tmp_path / 'spool'};{options}"
+    env.update(extra)
+    return env
+
+
+def run_audited(tmp_path: Path, code: str, *args: str, events: str = "", options: str = "",
+                timeout: float = 120, check: bool = True, **extra: str) -> Audited:
+    """Run ``python -c code`` with auditing asked for through the environment."""
+    env = audit_env(tmp_path, events, options, **extra)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return Audited(proc, read_records(tmp_path / "records.jsonl"))

@@ -1,0 +1,328 @@
+"""The native hook: what it records, and what hostile code cannot do to it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from helpers import run_audited
+
+from auditwatch.records import text
+
+
+def test_start_record_describes_the_process(tmp_path):
+    a = run_audited(tmp_path, "pass", "arg1")
+    start = a.records[0]
+    assert start["kind"] == "start" and start["seq"] == 1
+    proc = start["proc"]
+    assert proc["argv"][-2:] == ["pass", "arg1"]
+    assert proc["python"].split()[0] == sys.version.split()[0]
+    assert proc["exe"] and proc["cwd"] and isinstance(proc["uid"], int)
+    assert start["installed"] == "site"
+    assert start["parent_run"] is None
+    assert len(start["run"]) == 32
+
+
+def test_every_record_has_the_common_fields_and_contiguous_seq(tmp_path):
+    a = run_audited(tmp_path, "import json, email.parser")
+    assert [r["seq"] for r in a.records] == list(range(1, len(a.records) + 1))
+    for r in a.records:
+        assert r["v"] == 1 and r["pid"] == a.records[0]["pid"] and r["run"] == a.records[0]["run"]
+        assert isinstance(r["ts"], int) and r["kind"] in {"start", "event", "exit"}
+    assert a.records[-1]["kind"] == "exit"
+    assert a.records[-1]["status"] == {"how": "exit", "code": 0}
+
+
+def test_events_raised_from_c_with_arguments_and_where(tmp_path):
+    code = """\
+        import socket, subprocess, sys, ctypes.util
+        f = open(__file__ if False else 'data.txt', 'w'); f.close()          # line 2
+        s = socket.socket(); s.settimeout(0.2)
+        try: s.connect(('127.0.0.1', 9))                                      # line 4
+        except OSError: pass
+        s.close()
+        subprocess.run([sys.executable, '-c', 'pass'], env={})                # line 7
+        exec(compile('x = 1', 'snippet', 'exec'))                             # line 8
+        import colorsys                                                       # line 9
+        ctypes.CDLL(ctypes.util.find_library('c'))                            # line 10
+        sys.audit('my.event', 'hello', 42)                                    # line 11
+    """
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        a = run_audited(tmp_path, code)
+    finally:
+        os.chdir(cwd)
+
+    def one(name, pred=lambda r: True):
+        found = [r for r in a.events(name) if pred(r)]
+        assert found, f"no {name} record"
+        return found[0]
+
+    op = one("open", lambda r: r["args"][0] == "data.txt")
+    assert op["args"][1] == "w" and op["where"]["line"] == 2 and op["where"]["file"] == "<string>"
+    conn = one("socket.connect")
+    assert conn["args"][1] == ["127.0.0.1", 9] and conn["where"]["line"] == 4
+    assert conn["args"][0] == {"$": "object", "type": "socket"}
+    popen = one("subprocess.Popen")
+    assert popen["args"][1] == [sys.executable, "-c", "pass"]
+    assert popen["args"][3] == {"$": "dict", "len": 0, "items": []}
+    comp = one("compile", lambda r: r["args"][1] == "snippet")
+    assert text(comp["args"][0]) == "x = 1" and comp["where"]["line"] == 8
+    ex = one("exec", lambda r: r["args"][0].get("file") == "snippet")
+    assert ex["args"][0]["$"] == "code" and len(ex["args"][0]["sha256"]) == 64
+    imp = one("import", lambda r: r["args"][0] == "colorsys")
+    assert imp["where"]["line"] == 9 and isinstance(imp["args"][2], list)
+    dl = one("ctypes.dlopen", lambda r: "libc" in (text(r["args"][0]) or ""))
+    assert dl["where"]["file"].endswith("__init__.py")  # innermost frame: inside ctypes
+    mine = one("my.event")
+    assert mine["args"] == ["hello", 42] and mine["where"] == {"file": "<string>", "line": 11,
+                                                             "func": "<module>"}
+    assert all(r["interp"] == 0 for r in a.events())
+    assert dl["action"] == "flush" and mine["action"] == "record"
+
+
+HOSTILE = """\
+    import os, sys
+    TRACE = os.path.join(os.getcwd(), 'trace')
+    def trace(name):
+        with open(TRACE, 'a') as f:
+            f.write(name + '\\n')
+        raise RuntimeError(name)
+    class Evil:
+        def __repr__(self): trace('repr')
+        def __str__(self): trace('str')
+        def __eq__(self, o): trace('eq')
+        def __hash__(self): trace('hash')
+        def __len__(self): trace('len')
+        def __fspath__(self): trace('fspath')
+        def __index__(self): trace('index')
+        def __getattr__(self, n): trace('getattr ' + n)
+    class EvilStr(Evil, str): pass
+    class EvilBytes(Evil, bytes): pass
+    class EvilInt(Evil, int): pass
+    class EvilTuple(Evil, tuple): pass
+    class EvilDict(Evil, dict): pass
+    class EvilType(type):
+        def __repr__(cls): trace('type repr')
+    class Meta(metaclass=EvilType): pass
+    sys.audit('hostile', EvilStr('secret/path'), EvilBytes(b'raw'), Evil(), EvilInt(7),
+              EvilTuple((1, EvilStr('x'))), EvilDict(k=Evil()), Meta, [Evil()] * 3)
+    print(open(TRACE).read() if os.path.exists(TRACE) else 'CLEAN')
+"""
+
+
+def test_hostile_arguments_never_run_python_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = run_audited(tmp_path, HOSTILE)
+    assert a.proc.stdout.strip() == "CLEAN"
+    (rec,) = a.events("hostile")
+    s, b, obj, i, t, d, meta, lst = rec["args"]
+    assert s == {"$": "str", "v": "secret/path", "type": "EvilStr"}
+    assert b == {"$": "bytes", "len": 3, "text": "raw", "type": "EvilBytes"}
+    assert obj == {"$": "object", "type": "Evil"}
+    assert i == {"$": "object", "type": "EvilInt"}  # int subclasses are not read by value
+    assert t == {"$": "tuple", "items": [1, {"$": "str", "v": "x", "type": "EvilStr"}],
+                 "type": "EvilTuple"}
+    assert d["$"] == "dict" and d["type"] == "EvilDict" and d["items"] == [["k", {"$": "object", "type": "Evil"}]]
+    assert meta == {"$": "type", "name": "Meta"}
+    assert lst == [{"$": "object", "type": "Evil"}] * 3
+
+
+def test_hostile_pathlike_passed_to_open_is_not_touched_by_the_hook(tmp_path, monkeypatch):
+    # open() itself calls __fspath__ before raising the event; the hook must not call
+    # it again. The object below counts its own calls.
+    monkeypatch.chdir(tmp_path)
+    code = """\
+        import sys
+        calls = []
+        class P:
+            def __fspath__(self):
+                calls.append(1)
+                return 'p.txt'
+        open(P(), 'w').close()
+        sys.audit('probe', P())
+        print(len(calls))
+    """
+    a = run_audited(tmp_path, code)
+    assert a.proc.stdout.strip() == "1"
+    assert a.events("probe")[0]["args"] == [{"$": "object", "type": "P"}]
+
+
+def test_values_are_bounded_and_truncation_is_marked(tmp_path):
+    code = """\
+        import sys
+        sys.audit('big', 'x' * 5000, b'\\xff' * 5000, list(range(1000)), [[[[[[1]]]]]],
+                  float('nan'), 2 ** 200, 'lone \\udc80 surrogate', '\\x00\\n"\\\\')
+    """
+    a = run_audited(tmp_path, code, options="max_str=100;max_bytes=30;max_items=10;max_depth=3")
+    s, b, lst, deep, nan, big, sur, ctl = a.events("big")[0]["args"]
+    assert s == {"$": "str", "v": "x" * 100, "len": 5000, "trunc": True}
+    assert b["len"] == 5000 and b["trunc"] and "b64" in b
+    assert lst == {"$": "list", "items": list(range(10)), "len": 1000, "trunc": True}
+    assert deep == [[{"$": "deep", "type": "list"}]]
+    assert nan == {"$": "float", "v": "nan"}
+    assert big["$"] == "int" and int(big["hex"], 16) == 2**200
+    assert sur == "lone \udc80 surrogate"
+    assert ctl == '\x00\n"\\'
+
+
+def test_encoder_matches_the_hook(tmp_path):
+    from auditwatch import _hook
+
+    assert _hook.encode_args(("a", 1, None, True, 1.5, (2,))) == '["a",1,null,true,1.5,[2]]'
+
+
+def test_gc_walk_finds_nothing_to_disable_and_clearing_hook_lists_does_not_blind(tmp_path):
+    code = """\
+        import gc, sys
+        seen = []
+        sys.addaudithook(lambda e, a: seen.append(e))
+        # Hostile: clear every list that holds a callable looking like a hook, and
+        # look for anything of auditwatch's that could be switched off.
+        cleared = 0
+        ours = []
+        for obj in gc.get_objects():
+            if isinstance(obj, list) and obj and all(callable(x) for x in obj):
+                obj.clear(); cleared += 1
+            mod = getattr(type(obj), '__module__', '') or ''
+            if mod.startswith('auditwatch') and not isinstance(obj, type(sys)):
+                ours.append(type(obj).__name__)
+        before = len(seen)
+        sys.audit('after.clearing', cleared)
+        print(cleared, before == len(seen), ours)
+    """
+    a = run_audited(tmp_path, code)
+    cleared, _python_hook_blinded, ours = a.proc.stdout.split(maxsplit=2)
+    assert int(cleared) >= 1
+    assert ours.strip() == "[]"
+    assert a.events("after.clearing"), "the native hook stopped recording"
+    assert a.events("gc.get_objects")[0]["action"] == "flush"
+
+
+def test_hook_cannot_be_installed_twice_or_switched_off(tmp_path):
+    code = """\
+        from auditwatch import _hook
+        try:
+            _hook.install('late', 'file:/dev/null')
+        except RuntimeError as e:
+            print('refused:', e)
+        print(sorted(n for n in dir(_hook) if not n.startswith('__')))
+    """
+    a = run_audited(tmp_path, code)
+    assert "refused: auditwatch is already recording this process" in a.proc.stdout
+    assert "stop" not in a.proc.stdout and "remove" not in a.proc.stdout
+
+
+def _subinterpreter_code() -> str:
+    if sys.version_info >= (3, 13):
+        mod = "_interpreters"
+    else:
+        mod = "_xxsubinterpreters"
+    return f"""\
+        import sys, _testcapi
+        _testcapi.run_in_subinterp("import sys; sys.audit('from.legacy.subinterp', 1)")
+        try:
+            import {mod} as interpreters
+        except ImportError:
+            interpreters = None
+        if interpreters is not None:
+            interp = interpreters.create()
+            code = "import sys; sys.audit('from.subinterp', 2); open('/dev/null').close()"
+            if {mod!r} == '_interpreters':
+                interpreters.exec(interp, code)
+            else:
+                interpreters.run_string(interp, code)
+            interpreters.destroy(interp)
+        sys.audit('from.main', 0)
+        print(interpreters is not None)
+    """
+
+
+def test_subinterpreters_are_recorded_with_their_interpreter_id(tmp_path):
+    pytest.importorskip("_testcapi")
+    a = run_audited(tmp_path, _subinterpreter_code())
+    legacy = a.events("from.legacy.subinterp")
+    assert legacy and legacy[0]["interp"] > 0
+    assert a.events("from.main")[0]["interp"] == 0
+    if a.proc.stdout.strip() == "True":
+        sub = a.events("from.subinterp")
+        assert sub and sub[0]["interp"] > 0 and sub[0]["interp"] != legacy[0]["interp"]
+        opens = [r for r in a.events("open") if r["args"][0] == "/dev/null"]
+        assert opens and opens[0]["interp"] == sub[0]["interp"]
+    assert a.events("cpython.PyInterpreterState_New")
+
+
+def test_threads_lose_nothing(tmp_path):
+    # 8 threads x 100,000 events: every record arrives, in one contiguous sequence.
+    code = """\
+        import sys, threading
+        def work(n):
+            audit = sys.audit
+            for i in range(100_000):
+                audit('t.ev', n, i)
+        ts = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+    """
+    a = run_audited(tmp_path, code, events="record:t.ev,ignore:*", options="ring=1048576",
+                    timeout=300)
+    seqs = [r["seq"] for r in a.records]
+    assert seqs == list(range(1, len(seqs) + 1))
+    evs = a.events("t.ev")
+    assert len(evs) == 800_000
+    per_thread = {}
+    for r in evs:
+        n, i = r["args"]
+        assert per_thread.get(n, -1) == i - 1, "events of one thread out of order"
+        per_thread[n] = i
+    assert len({r["tid"] for r in evs}) == 8
+    assert not a.kinds("drop")
+
+
+def test_deny_records_first_then_raises_permission_error(tmp_path):
+    code = """\
+        import os
+        try:
+            os.system('true')
+        except PermissionError as e:
+            print('denied:', e)
+    """
+    a = run_audited(tmp_path, code, events="deny:os.system")
+    assert "denied: auditwatch: 'os.system' denied by 'deny:os.system'" in a.proc.stdout
+    rec = a.events("os.system")[0]
+    assert rec["action"] == "deny" and rec["rule"] == "deny:os.system"
+
+
+def test_bad_configuration_is_reported_and_the_program_still_runs(tmp_path):
+    a = run_audited(tmp_path, "print('ran')", events="nonsense:x")
+    assert a.proc.stdout.strip() == "ran"
+    assert "NOT audited" in a.proc.stderr and "nonsense:x" in a.proc.stderr
+    strict = run_audited(tmp_path, "print('ran')", options="bogus=1", check=False,
+                         AUDITWATCH_REQUIRED="1")
+    assert strict.proc.returncode == 70 and "bogus" in strict.proc.stderr
+
+
+def test_late_start_records_say_late(tmp_path):
+    import subprocess
+
+    out = tmp_path / "out"
+    code = f"""\
+        import auditwatch
+        run = auditwatch.start(out={str(out)!r})
+        open('/dev/null').close()
+        print(run)
+    """
+    import textwrap
+
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, check=True)
+    from helpers import read_records
+
+    records = read_records(out / "records.jsonl")
+    assert records[0]["kind"] == "start" and records[0]["run"] == proc.stdout.strip()
+    assert {r["installed"] for r in records} == {"late"}
+    assert any(r.get("event") == "open" and r["args"][0] == "/dev/null" for r in records)
+    assert records[-1]["kind"] == "exit"
