@@ -1,0 +1,170 @@
+"""Every Python process started with auditwatch's environment is audited and linked."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import Audited, audit_env, read_records, run_audited
+
+
+def starts(a: Audited) -> dict[str, dict]:
+    return {r["run"]: r for r in a.kinds("start")}
+
+
+def exits(a: Audited) -> dict[str, dict]:
+    return {r["run"]: r["status"] for r in a.kinds("exit")}
+
+
+def root_run(a: Audited) -> str:
+    (root,) = [r for r in a.kinds("start") if r["parent_run"] is None]
+    return root["run"]
+
+
+def children_of(a: Audited, run: str) -> list[dict]:
+    return [s for s in a.kinds("start") if s["parent_run"] == run]
+
+
+def test_subprocess_child_and_grandchild_are_linked(tmp_path):
+    code = """\
+        import subprocess, sys
+        inner = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'print(3)'], check=True)"
+        subprocess.run([sys.executable, '-c', inner], check=True)
+    """
+    a = run_audited(tmp_path, code)
+    root = root_run(a)
+    (child,) = children_of(a, root)
+    (grandchild,) = children_of(a, child["run"])
+    assert grandchild["proc"]["argv"][-1] == "print(3)"
+    assert len(exits(a)) == 3 and all(s == {"how": "exit", "code": 0} for s in exits(a).values())
+
+
+def test_exec_replaces_the_image_and_links_the_new_run(tmp_path):
+    code = """\
+        import os, sys
+        os.execv(sys.executable, [sys.executable, '-c', 'import sys; sys.exit(5)'])
+    """
+    a = run_audited(tmp_path, code, check=False)
+    assert a.proc.returncode == 5
+    root = root_run(a)
+    (new,) = children_of(a, root)
+    assert new["pid"] == a.records[0]["pid"]  # same process, new image, new run
+    before = [r for r in a.records if r["run"] == root]
+    assert before[-1]["event"] == "os.exec" and before[-1]["action"] == "flush"
+    assert exits(a) == {new["run"]: {"how": "exit", "code": 5}}
+
+
+def test_posix_spawn_child_is_linked(tmp_path):
+    code = """\
+        import os, sys
+        pid = os.posix_spawn(sys.executable, [sys.executable, '-c', 'pass'], os.environ)
+        os.waitpid(pid, 0)
+    """
+    a = run_audited(tmp_path, code)
+    assert len(children_of(a, root_run(a))) == 1
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_multiprocessing_children_are_audited(tmp_path, method):
+    code = f"""\
+        import multiprocessing as mp, sys
+        def work(x):
+            sys.audit('mp.work', x)
+            return x * 2
+        if __name__ == '__main__':
+            ctx = mp.get_context({method!r})
+            with ctx.Pool(2) as pool:
+                print(sum(pool.map(work, range(6))))
+    """
+    script = tmp_path / "mp_script.py"
+    import textwrap
+
+    script.write_text(textwrap.dedent(code))
+    env = audit_env(tmp_path)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "30"
+    a = Audited(proc, read_records(tmp_path / "records.jsonl"))
+    work = a.events("mp.work")
+    assert sorted(r["args"][0] for r in work) == list(range(6))
+    root = root_run(a)
+    runs = starts(a)
+    # Every worker run descends from the main program's run.
+    for r in work:
+        run = r["run"]
+        while runs[run]["parent_run"] is not None:
+            run = runs[run]["parent_run"]
+        assert run == root
+        assert r["run"] != root
+    if method == "fork":
+        assert all(runs[r["run"]]["proc"]["fork"] for r in work)
+
+
+def test_fork_child_gets_a_new_run_and_an_exit_record(tmp_path):
+    code = """\
+        import os, sys
+        pid = os.fork()
+        if pid == 0:
+            sys.audit('in.child')
+            os._exit(7)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status) if hasattr(os, 'waitstatus_to_exitcode') else status >> 8)
+    """
+    a = run_audited(tmp_path, code)
+    assert a.proc.stdout.strip() == "7"
+    root = root_run(a)
+    (child,) = children_of(a, root)
+    assert child["proc"]["fork"] is True and child["pid"] != a.records[0]["pid"]
+    (ev,) = a.events("in.child")
+    assert ev["run"] == child["run"]
+    assert exits(a)[child["run"]] == {"how": "os._exit", "code": 7}
+    child_seqs = [r["seq"] for r in a.records if r["run"] == child["run"]]
+    assert child_seqs == list(range(1, len(child_seqs) + 1))
+
+
+def test_sigkilled_child_has_no_exit_record(tmp_path):
+    code = """\
+        import os, signal, subprocess, sys, time
+        p = subprocess.Popen([sys.executable, '-c', 'import sys, time; sys.audit("child.up"); time.sleep(60)'])
+        time.sleep(1.0)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    """
+    a = run_audited(tmp_path, code)
+    (child,) = children_of(a, root_run(a))
+    assert child["run"] not in exits(a)
+    assert [r for r in a.events("child.up") if r["run"] == child["run"]]
+
+
+def test_sigterm_writes_an_exit_record_then_terminates(tmp_path):
+    env = audit_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.audit('up'); time.sleep(60)"],
+                            env=env)
+    import time
+
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(
+        r.get("event") == "up" for r in read_records(tmp_path / "records.jsonl")
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+    records = read_records(tmp_path / "records.jsonl")
+    assert records[-1]["kind"] == "exit"
+    assert records[-1]["status"] == {"how": "signal", "signal": signal.SIGTERM}
+
+
+def test_collector_gone_means_spool_not_loss(tmp_path):
+    # The sink is a socket nobody listens on: every record goes to the spool file.
+    code = "import sys; [sys.audit('spooled', i) for i in range(1000)]"
+    env = audit_env(tmp_path)
+    env["AUDITWATCH_SINK"] = f"unix:{tmp_path / 'nobody.sock'}"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    (spool,) = (tmp_path / "spool").glob("*.jsonl")
+    records = read_records(spool)
+    assert len([r for r in records if r.get("event") == "spooled"]) == 1000
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert records[-1]["kind"] == "exit"
