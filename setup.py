@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HOOK_DIR = Path("src/auditwatch/_hook")
@@ -31,10 +32,20 @@ LDFLAGS = ["-pthread"]
 
 # AUDITWATCH_SANITIZE=address builds the extension with AddressSanitizer and
 # UndefinedBehaviorSanitizer; the test suite runs that build from .ci/run.
-if os.environ.get("AUDITWATCH_SANITIZE") == "address":
+SANITIZE = os.environ.get("AUDITWATCH_SANITIZE") == "address"
+if SANITIZE:
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
     CFLAGS += [*san, "-O1", "-g"]
     LDFLAGS += san
+
+
+class BuildExt(build_ext):
+    """Rebuild every object when sanitizing: stale objects in build/ would hide it."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if SANITIZE:
+            self.force = True
 
 
 class BuildPyWithPth(build_py):
@@ -46,7 +57,10 @@ class BuildPyWithPth(build_py):
         shutil.copyfile("src/auditwatch.pth", target)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
-        return [*super().get_outputs(include_bytecode), str(Path(self.build_lib) / "auditwatch.pth")]
+        return [
+            *super().get_outputs(include_bytecode),
+            str(Path(self.build_lib) / "auditwatch.pth"),
+        ]
 
 
 setup(
@@ -59,5 +73,5 @@ setup(
             extra_link_args=LDFLAGS,
         )
     ],
-    cmdclass={"build_py": BuildPyWithPth},
+    cmdclass={"build_py": BuildPyWithPth, "build_ext": BuildExt},
 )

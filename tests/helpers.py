@@ -17,7 +17,9 @@ class Audited:
     records: list[dict]
 
     def events(self, name: str | None = None) -> list[dict]:
-        return [r for r in self.records if r["kind"] == "event" and (name is None or r["event"] == name)]
+        return [
+            r for r in self.records if r["kind"] == "event" and (name is None or r["event"] == name)
+        ]
 
     def kinds(self, kind: str) -> list[dict]:
         return [r for r in self.records if r["kind"] == kind]
@@ -46,12 +48,27 @@ def audit_env(tmp_path: Path, events: str = "", options: str = "", **extra: str)
     return env
 
 
-def run_audited(tmp_path: Path, code: str, *args: str, events: str = "", options: str = "",
-                timeout: float = 120, check: bool = True, **extra: str) -> Audited:
+def run_audited(
+    tmp_path: Path,
+    code: str,
+    *args: str,
+    events: str = "",
+    options: str = "",
+    timeout: float = 120,
+    check: bool = True,
+    **extra: str,
+) -> Audited:
     """Run ``python -c code`` with auditing asked for through the environment."""
     env = audit_env(tmp_path, events, options, **extra)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return Audited(proc, read_records(tmp_path / "records.jsonl"))

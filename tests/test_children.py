@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import Audited, audit_env, read_records, run_audited
 
 
@@ -83,8 +84,9 @@ def test_multiprocessing_children_are_audited(tmp_path, method):
 
     script.write_text(textwrap.dedent(code))
     env = audit_env(tmp_path)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "30"
     a = Audited(proc, read_records(tmp_path / "records.jsonl"))
@@ -141,8 +143,9 @@ def test_sigkilled_child_has_no_exit_record(tmp_path):
 
 def test_sigterm_writes_an_exit_record_then_terminates(tmp_path):
     env = audit_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.audit('up'); time.sleep(60)"],
-                            env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.audit('up'); time.sleep(60)"], env=env
+    )
     import time
 
     deadline = time.time() + 10

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 import pytest
-from helpers import run_audited
 
 from auditwatch.records import text
+from helpers import run_audited
 
 
 def test_start_record_describes_the_process(tmp_path):
@@ -78,8 +78,11 @@ def test_events_raised_from_c_with_arguments_and_where(tmp_path):
     dl = one("ctypes.dlopen", lambda r: "libc" in (text(r["args"][0]) or ""))
     assert dl["where"]["file"].endswith("__init__.py")  # innermost frame: inside ctypes
     mine = one("my.event")
-    assert mine["args"] == ["hello", 42] and mine["where"] == {"file": "<string>", "line": 11,
-                                                             "func": "<module>"}
+    assert mine["args"] == ["hello", 42] and mine["where"] == {
+        "file": "<string>",
+        "line": 11,
+        "func": "<module>",
+    }
     assert all(r["interp"] == 0 for r in a.events())
     assert dl["action"] == "flush" and mine["action"] == "record"
 
@@ -124,9 +127,16 @@ def test_hostile_arguments_never_run_python_code(tmp_path, monkeypatch):
     assert b == {"$": "bytes", "len": 3, "text": "raw", "type": "EvilBytes"}
     assert obj == {"$": "object", "type": "Evil"}
     assert i == {"$": "object", "type": "EvilInt"}  # int subclasses are not read by value
-    assert t == {"$": "tuple", "items": [1, {"$": "str", "v": "x", "type": "EvilStr"}],
-                 "type": "EvilTuple"}
-    assert d["$"] == "dict" and d["type"] == "EvilDict" and d["items"] == [["k", {"$": "object", "type": "Evil"}]]
+    assert t == {
+        "$": "tuple",
+        "items": [1, {"$": "str", "v": "x", "type": "EvilStr"}],
+        "type": "EvilTuple",
+    }
+    assert (
+        d["$"] == "dict"
+        and d["type"] == "EvilDict"
+        and d["items"] == [["k", {"$": "object", "type": "Evil"}]]
+    )
     assert meta == {"$": "type", "name": "Meta"}
     assert lst == [{"$": "object", "type": "Evil"}] * 3
 
@@ -267,8 +277,9 @@ def test_threads_lose_nothing(tmp_path):
         for t in ts: t.start()
         for t in ts: t.join()
     """
-    a = run_audited(tmp_path, code, events="record:t.ev,ignore:*", options="ring=1048576",
-                    timeout=300)
+    a = run_audited(
+        tmp_path, code, events="record:t.ev,ignore:*", options="ring=1048576", timeout=300
+    )
     seqs = [r["seq"] for r in a.records]
     assert seqs == list(range(1, len(seqs) + 1))
     evs = a.events("t.ev")
@@ -300,8 +311,9 @@ def test_bad_configuration_is_reported_and_the_program_still_runs(tmp_path):
     a = run_audited(tmp_path, "print('ran')", events="nonsense:x")
     assert a.proc.stdout.strip() == "ran"
     assert "NOT audited" in a.proc.stderr and "nonsense:x" in a.proc.stderr
-    strict = run_audited(tmp_path, "print('ran')", options="bogus=1", check=False,
-                         AUDITWATCH_REQUIRED="1")
+    strict = run_audited(
+        tmp_path, "print('ran')", options="bogus=1", check=False, AUDITWATCH_REQUIRED="1"
+    )
     assert strict.proc.returncode == 70 and "bogus" in strict.proc.stderr
 
 
@@ -317,8 +329,9 @@ def test_late_start_records_say_late(tmp_path):
     """
     import textwrap
 
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
+    )
     from helpers import read_records
 
     records = read_records(out / "records.jsonl")

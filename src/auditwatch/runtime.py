@@ -100,7 +100,11 @@ def start(
         options = f"spool={spool};{options}" if options else f"spool={spool}"
     run = _hook.install("late", sink, events, options)
     if children:
-        values = {"AUDITWATCH_SINK": sink, "AUDITWATCH_EVENTS": events, "AUDITWATCH_OPTIONS": options}
+        values = {
+            "AUDITWATCH_SINK": sink,
+            "AUDITWATCH_EVENTS": events,
+            "AUDITWATCH_OPTIONS": options,
+        }
         for key in _ENV_KEYS:
             if values[key] is not None:
                 os.environ[key] = values[key]  # type: ignore[assignment]
