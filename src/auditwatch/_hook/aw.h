@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #ifndef Py_IS_TYPE /* 3.8 */
@@ -30,11 +31,38 @@ typedef struct {
 
 void aw_buf_init(aw_buf *b, char *storage, size_t cap);
 void aw_buf_free(aw_buf *b);
-void aw_buf_put(aw_buf *b, const char *s, size_t n);
-void aw_buf_putc(aw_buf *b, char c);
+/* Make room for n more bytes; -1 (and b->oom set) when memory ran out. */
+int aw_buf_reserve_slow(aw_buf *b, size_t n);
+
+static inline int aw_buf_reserve(aw_buf *b, size_t n) {
+    if (b->len + n <= b->cap && !b->oom)
+        return 0;
+    return aw_buf_reserve_slow(b, n);
+}
+
+static inline void aw_buf_put(aw_buf *b, const char *s, size_t n) {
+    if (n == 0 || aw_buf_reserve(b, n) < 0)
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static inline void aw_buf_putc(aw_buf *b, char c) {
+    if (aw_buf_reserve(b, 1) < 0)
+        return;
+    b->p[b->len++] = c;
+}
+
+static inline void aw_buf_puts(aw_buf *b, const char *s) { aw_buf_put(b, s, strlen(s)); }
+
 /* Append n bytes to be filled by the caller; NULL when out of memory. */
-char *aw_buf_extend(aw_buf *b, size_t n);
-void aw_buf_puts(aw_buf *b, const char *s);
+static inline char *aw_buf_extend(aw_buf *b, size_t n) {
+    if (aw_buf_reserve(b, n) < 0)
+        return NULL;
+    b->len += n;
+    return b->p + b->len - n;
+}
+
 void aw_buf_int(aw_buf *b, long long v);
 void aw_buf_uint(aw_buf *b, unsigned long long v);
 /* A JSON string from C bytes; invalid UTF-8 becomes \udcXX (surrogateescape). */

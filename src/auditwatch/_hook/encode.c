@@ -33,7 +33,7 @@ void aw_buf_free(aw_buf *b) {
     b->heap = 0;
 }
 
-static int buf_reserve(aw_buf *b, size_t n) {
+int aw_buf_reserve_slow(aw_buf *b, size_t n) {
     if (b->oom)
         return -1;
     if (b->len + n <= b->cap)
@@ -64,35 +64,24 @@ static int buf_reserve(aw_buf *b, size_t n) {
     return 0;
 }
 
-void aw_buf_put(aw_buf *b, const char *s, size_t n) {
-    if (n == 0 || buf_reserve(b, n) < 0)
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-char *aw_buf_extend(aw_buf *b, size_t n) {
-    if (buf_reserve(b, n) < 0)
-        return NULL;
-    b->len += n;
-    return b->p + b->len - n;
-}
-
-void aw_buf_putc(aw_buf *b, char c) {
-    if (buf_reserve(b, 1) < 0)
-        return;
-    b->p[b->len++] = c;
-}
-
-void aw_buf_puts(aw_buf *b, const char *s) { aw_buf_put(b, s, strlen(s)); }
-
 void aw_buf_uint(aw_buf *b, unsigned long long v) {
+    static const char PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                "8081828384858687888990919293949596979899";
     char tmp[24];
     int i = (int)sizeof(tmp);
-    do {
-        tmp[--i] = (char)('0' + (v % 10));
-        v /= 10;
-    } while (v);
+    while (v >= 100) {
+        unsigned idx = (unsigned)(v % 100) * 2;
+        v /= 100;
+        tmp[--i] = PAIRS[idx + 1];
+        tmp[--i] = PAIRS[idx];
+    }
+    if (v >= 10) {
+        tmp[--i] = PAIRS[v * 2 + 1];
+        tmp[--i] = PAIRS[v * 2];
+    } else {
+        tmp[--i] = (char)('0' + v);
+    }
     aw_buf_put(b, tmp + i, sizeof(tmp) - (size_t)i);
 }
 
@@ -107,58 +96,50 @@ void aw_buf_int(aw_buf *b, long long v) {
 
 static const char HEX[] = "0123456789abcdef";
 
-static void put_u_escape(aw_buf *b, unsigned int cp) {
-    char e[6] = {'\\', 'u', HEX[(cp >> 12) & 15], HEX[(cp >> 8) & 15], HEX[(cp >> 4) & 15],
-                 HEX[cp & 15]};
-    aw_buf_put(b, e, 6);
-}
-
-/* One code point as JSON string content. Lone surrogates stay \udXXX escapes. */
-static void put_codepoint(aw_buf *b, Py_UCS4 c) {
+/* JSON for one code point written at d (room for 6 bytes); returns bytes written.
+ * Lone surrogates stay \udXXX escapes, as Python's json module writes them. */
+static inline size_t write_codepoint(char *d, Py_UCS4 c) {
+    static const char SHORT[32] = {0, 0, 0, 0, 0, 0, 0, 0, 'b', 't', 'n', 0, 'f', 'r', 0, 0,
+                                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     if (c < 0x80) {
-        switch (c) {
-        case '"':
-            aw_buf_put(b, "\\\"", 2);
-            return;
-        case '\\':
-            aw_buf_put(b, "\\\\", 2);
-            return;
-        case '\n':
-            aw_buf_put(b, "\\n", 2);
-            return;
-        case '\r':
-            aw_buf_put(b, "\\r", 2);
-            return;
-        case '\t':
-            aw_buf_put(b, "\\t", 2);
-            return;
-        default:
-            if (c < 0x20 || c == 0x7f)
-                put_u_escape(b, c);
-            else
-                aw_buf_putc(b, (char)c);
-            return;
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+            d[0] = (char)c;
+            return 1;
         }
+        if (c == '"' || c == '\\') {
+            d[0] = '\\';
+            d[1] = (char)c;
+            return 2;
+        }
+        if (c < 0x20 && SHORT[c]) {
+            d[0] = '\\';
+            d[1] = SHORT[c];
+            return 2;
+        }
+    } else if (c < 0x800) {
+        d[0] = (char)(0xc0 | (c >> 6));
+        d[1] = (char)(0x80 | (c & 0x3f));
+        return 2;
+    } else if (c < 0xd800 || (c > 0xdfff && c < 0x10000)) {
+        d[0] = (char)(0xe0 | (c >> 12));
+        d[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+        d[2] = (char)(0x80 | (c & 0x3f));
+        return 3;
+    } else if (c >= 0x10000) {
+        d[0] = (char)(0xf0 | (c >> 18));
+        d[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+        d[2] = (char)(0x80 | ((c >> 6) & 0x3f));
+        d[3] = (char)(0x80 | (c & 0x3f));
+        return 4;
     }
-    char u[4];
-    if (c < 0x800) {
-        u[0] = (char)(0xc0 | (c >> 6));
-        u[1] = (char)(0x80 | (c & 0x3f));
-        aw_buf_put(b, u, 2);
-    } else if (c >= 0xd800 && c <= 0xdfff) {
-        put_u_escape(b, c);
-    } else if (c < 0x10000) {
-        u[0] = (char)(0xe0 | (c >> 12));
-        u[1] = (char)(0x80 | ((c >> 6) & 0x3f));
-        u[2] = (char)(0x80 | (c & 0x3f));
-        aw_buf_put(b, u, 3);
-    } else {
-        u[0] = (char)(0xf0 | (c >> 18));
-        u[1] = (char)(0x80 | ((c >> 12) & 0x3f));
-        u[2] = (char)(0x80 | ((c >> 6) & 0x3f));
-        u[3] = (char)(0x80 | (c & 0x3f));
-        aw_buf_put(b, u, 4);
-    }
+    /* other controls, DEL and lone surrogates */
+    d[0] = '\\';
+    d[1] = 'u';
+    d[2] = HEX[(c >> 12) & 15];
+    d[3] = HEX[(c >> 8) & 15];
+    d[4] = HEX[(c >> 4) & 15];
+    d[5] = HEX[c & 15];
+    return 6;
 }
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 if invalid. */
@@ -193,19 +174,23 @@ static size_t utf8_seq(const unsigned char *s, size_t n, Py_UCS4 *cp) {
 
 void aw_buf_cstr(aw_buf *b, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
-    aw_buf_putc(b, '"');
+    if (aw_buf_reserve(b, n * 6 + 2) < 0)
+        return;
+    char *d = b->p + b->len;
+    *d++ = '"';
     for (size_t i = 0; i < n;) {
         Py_UCS4 cp;
         size_t k = utf8_seq(u + i, n - i, &cp);
         if (k == 0) {
-            put_u_escape(b, 0xdc00u | u[i]);
+            d += write_codepoint(d, 0xdc00u | u[i]); /* surrogateescape */
             i++;
         } else {
-            put_codepoint(b, cp);
+            d += write_codepoint(d, cp);
             i += k;
         }
     }
-    aw_buf_putc(b, '"');
+    *d++ = '"';
+    b->len = (size_t)(d - b->p);
 }
 
 static int utf8_valid(const unsigned char *s, size_t n) {
@@ -262,7 +247,18 @@ static void put_type_name(aw_buf *b, PyObject *o) {
     aw_buf_cstr(b, name ? name : "?", name ? strlen(name) : 1);
 }
 
-/* String content of a str object (exact or subclass), read from the C object. */
+/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"', '\\'. */
+static const unsigned char PLAIN[256] = {
+    ['\x20'] = 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x20-0x2f, '"' is 0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x30-0x3f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x40-0x4f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,            /* 0x50-0x5f, '\\' is 0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x60-0x6f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,            /* 0x70-0x7f, DEL is 0 */
+};
+
+/* String content of a str object (exact or subclass), read from the C object.
+ * Room for the worst case is reserved once, then characters are written directly. */
 static void put_unicode_chars(aw_buf *b, PyObject *o, Py_ssize_t n) {
 #if PY_VERSION_HEX < 0x030C0000
     /* Legacy (not ready) strings only exist before 3.12; readying is pure C. */
@@ -272,23 +268,32 @@ static void put_unicode_chars(aw_buf *b, PyObject *o, Py_ssize_t n) {
         return;
     }
 #endif
+    if (aw_buf_reserve(b, (size_t)n * 6 + 2) < 0)
+        return;
+    char *d = b->p + b->len;
+    *d++ = '"';
     int kind = PyUnicode_KIND(o);
     const void *data = PyUnicode_DATA(o);
-    aw_buf_putc(b, '"');
     if (kind == PyUnicode_1BYTE_KIND) {
-        const Py_UCS1 *d = (const Py_UCS1 *)data;
+        const Py_UCS1 *s = (const Py_UCS1 *)data;
         for (Py_ssize_t i = 0; i < n; i++) {
-            Py_UCS1 c = d[i];
-            if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
-                aw_buf_putc(b, (char)c);
+            Py_UCS1 c = s[i];
+            if (PLAIN[c])
+                *d++ = (char)c;
             else
-                put_codepoint(b, c);
+                d += write_codepoint(d, c);
         }
-    } else {
+    } else if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *s = (const Py_UCS2 *)data;
         for (Py_ssize_t i = 0; i < n; i++)
-            put_codepoint(b, PyUnicode_READ(kind, data, i));
+            d += write_codepoint(d, s[i]);
+    } else {
+        const Py_UCS4 *s = (const Py_UCS4 *)data;
+        for (Py_ssize_t i = 0; i < n; i++)
+            d += write_codepoint(d, s[i]);
     }
-    aw_buf_putc(b, '"');
+    *d++ = '"';
+    b->len = (size_t)(d - b->p);
 }
 
 static void put_str(aw_buf *b, PyObject *o, const enc_ctx *cx) {
@@ -552,7 +557,45 @@ void aw_encode_args(aw_buf *b, PyObject *args, const aw_limits *lim) {
     aw_buf_putc(b, ']');
 }
 
-/* ---- where ---------------------------------------------------------------- */
+/* ---- where ----------------------------------------------------------------
+ * Computing a line number walks the code object's line table from its start, which
+ * costs more than the rest of a record. A small per-thread cache maps (code object,
+ * line table, instruction offset) to the line. It holds no references: an entry can
+ * only be wrong if a code object and its line table are both freed and replaced at
+ * the same addresses by a different function at the same offset, and then the cost
+ * is a wrong line number in `where`, never a memory error. */
+
+#define LINE_CACHE 64
+
+typedef struct {
+    const void *code, *table;
+    int lasti, line;
+} line_entry;
+
+static __thread line_entry line_cache[LINE_CACHE];
+
+static int cached_line(PyFrameObject *f, PyCodeObject *co) {
+#if PY_VERSION_HEX >= 0x030B0000
+    int lasti = PyFrame_GetLasti(f);
+#else
+    int lasti = f->f_lasti;
+#endif
+#if PY_VERSION_HEX >= 0x030A0000
+    const void *table = co->co_linetable;
+#else
+    const void *table = co->co_lnotab;
+#endif
+    size_t slot = (((uintptr_t)co >> 4) ^ (uintptr_t)lasti) & (LINE_CACHE - 1);
+    line_entry *e = &line_cache[slot];
+    if (e->code == co && e->table == table && e->lasti == lasti)
+        return e->line;
+    int line = PyFrame_GetLineNumber(f);
+    e->code = co;
+    e->table = table;
+    e->lasti = lasti;
+    e->line = line;
+    return line;
+}
 
 void aw_encode_where(aw_buf *b, PyThreadState *ts) {
     if (ts == NULL) {
@@ -576,7 +619,7 @@ void aw_encode_where(aw_buf *b, PyThreadState *ts) {
     }
     PyCodeObject *co = f->f_code;
 #endif
-    int line = PyFrame_GetLineNumber(f);
+    int line = co ? cached_line(f, co) : PyFrame_GetLineNumber(f);
     aw_buf_puts(b, "{\"file\":");
     if (co && co->co_filename && PyUnicode_Check(co->co_filename))
         put_str(b, co->co_filename, &cx);
