@@ -1,0 +1,1 @@
+"""Receiving records from audited processes: sequence checks, sinks, summaries."""
