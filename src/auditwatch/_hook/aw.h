@@ -164,6 +164,15 @@ void aw_proc_after_fork_child(void);
 void aw_proc_prepare_run(void);
 void aw_ring_register_atfork(void);
 
+/* ---- installation (install.c) --------------------------------------------- */
+
+/* Configure (NULL = from the environment) and register the hook; usable before
+ * Py_Initialize. 0, or -1 bad configuration, -2 cannot start, -3 hook refused
+ * (a Python exception is set). */
+int aw_install(const char *stage, const char *sink, const char *events, const char *options,
+               char *err, size_t errlen);
+int aw_installed(void);
+
 /* ---- the hook (hook.c) --------------------------------------------------- */
 
 int aw_audit_hook(const char *event, PyObject *args, void *userdata);

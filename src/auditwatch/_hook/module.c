@@ -16,88 +16,6 @@ extern atomic_int aw_probe_seen, aw_probing;
 unsigned long long aw_hook_reentrant(void);
 unsigned long long aw_hook_denied(void);
 
-static int installed;
-
-/* "key=value;key=value" -> aw_opts / aw_default_limits. */
-static int parse_options(const char *spec, char *err, size_t errlen) {
-    char *copy = strdup(spec ? spec : "");
-    if (!copy) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    int rc = 0;
-    char *save = NULL;
-    for (char *item = strtok_r(copy, ";", &save); item; item = strtok_r(NULL, ";", &save)) {
-        while (*item == ' ')
-            item++;
-        if (!*item)
-            continue;
-        char *eq = strchr(item, '=');
-        if (!eq) {
-            snprintf(err, errlen, "bad option '%.100s': expected KEY=VALUE", item);
-            rc = -1;
-            break;
-        }
-        *eq = '\0';
-        const char *key = item, *val = eq + 1;
-        char *end = NULL;
-        errno = 0;
-        double num = strtod(val, &end);
-        int numeric = end != val && *end == '\0' && errno == 0;
-        if (strcmp(key, "policy") == 0) {
-            if (strcmp(val, "wait") == 0)
-                aw_opts.policy = AW_POLICY_WAIT;
-            else if (strcmp(val, "drop") == 0)
-                aw_opts.policy = AW_POLICY_DROP;
-            else {
-                snprintf(err, errlen, "option policy=%.50s: expected wait or drop", val);
-                rc = -1;
-                break;
-            }
-            continue;
-        }
-        if (strcmp(key, "spool") == 0) {
-            if (strlen(val) >= sizeof aw_opts.spool_dir) {
-                snprintf(err, errlen, "option spool: path too long");
-                rc = -1;
-                break;
-            }
-            strcpy(aw_opts.spool_dir, val);
-            continue;
-        }
-        if (!numeric || num < 0) {
-            snprintf(err, errlen, "option %.50s=%.50s: expected a non-negative number", key, val);
-            rc = -1;
-            break;
-        }
-        if (strcmp(key, "heartbeat") == 0 && num > 0)
-            aw_opts.heartbeat = num;
-        else if (strcmp(key, "flush_timeout") == 0)
-            aw_opts.flush_timeout = num;
-        else if (strcmp(key, "ring") == 0)
-            aw_opts.ring_bytes = (size_t)num;
-        else if (strcmp(key, "sigterm") == 0)
-            aw_opts.sigterm = num != 0;
-        else if (strcmp(key, "max_str") == 0 && num >= 16)
-            aw_default_limits.max_str = (Py_ssize_t)num;
-        else if (strcmp(key, "max_bytes") == 0 && num >= 0)
-            aw_default_limits.max_bytes = (Py_ssize_t)num;
-        else if (strcmp(key, "max_items") == 0 && num >= 1)
-            aw_default_limits.max_items = (Py_ssize_t)num;
-        else if (strcmp(key, "max_depth") == 0 && num >= 1 && num <= 32)
-            aw_default_limits.max_depth = (int)num;
-        else {
-            snprintf(err, errlen,
-                     "unknown or out-of-range option '%.50s' (known: policy, spool, heartbeat, "
-                     "flush_timeout, ring, sigterm, max_str>=16, max_bytes, max_items>=1, max_depth 1-32)",
-                     key);
-            rc = -1;
-            break;
-        }
-    }
-    free(copy);
-    return rc;
-}
 
 static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
@@ -106,61 +24,28 @@ static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) 
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|szzz:install", kwlist, &how, &sink, &events,
                                      &options))
         return NULL;
-    if (installed) {
+    if (aw_installed()) {
         PyErr_Format(PyExc_RuntimeError, "auditwatch is already recording this process (run %s)",
                      aw_proc.run);
         return NULL;
     }
-    const char *stage;
-    if (strcmp(how, "site") == 0)
-        stage = "site";
-    else if (strcmp(how, "late") == 0)
-        stage = "late";
-    else if (strcmp(how, "pre-init") == 0)
-        stage = "pre-init";
-    else {
-        PyErr_Format(PyExc_ValueError, "installed must be 'site', 'late' or 'pre-init', not '%.50s'",
-                     how);
+    if (strcmp(how, "site") != 0 && strcmp(how, "late") != 0) {
+        PyErr_Format(PyExc_ValueError, "installed must be 'site' or 'late', not '%.50s'", how);
         return NULL;
     }
-    if (!sink)
-        sink = getenv("AUDITWATCH_SINK");
-    if (!events)
-        events = getenv("AUDITWATCH_EVENTS");
-    if (!options)
-        options = getenv("AUDITWATCH_OPTIONS");
     char err[512] = "";
-    if (sink && strlen(sink) >= sizeof aw_opts.sink) {
-        PyErr_SetString(PyExc_ValueError, "auditwatch: sink path too long");
+    int rc = aw_install(strcmp(how, "site") == 0 ? "site" : "late", sink, events, options, err,
+                        sizeof err);
+    if (rc == -3)
+        return NULL; /* another hook refused: its exception is set */
+    if (rc < 0) {
+        PyErr_Format(rc == -2 ? PyExc_RuntimeError : PyExc_ValueError, "auditwatch: %s", err);
         return NULL;
     }
-    if (sink && *sink && strncmp(sink, "unix:", 5) != 0 && strncmp(sink, "file:", 5) != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "auditwatch: sink '%.200s' is not understood: use unix:/path/to/socket or "
-                     "file:/path/to/records.jsonl",
-                     sink);
-        return NULL;
-    }
-    if (parse_options(options, err, sizeof err) < 0) {
-        PyErr_Format(PyExc_ValueError, "auditwatch: AUDITWATCH_OPTIONS: %s", err);
-        return NULL;
-    }
-    if (aw_table_configure(events, err, sizeof err) < 0) {
-        PyErr_Format(PyExc_ValueError, "auditwatch: AUDITWATCH_EVENTS: %s", err);
-        return NULL;
-    }
-    strcpy(aw_opts.sink, sink ? sink : "");
-    if (aw_proc_install(stage, err, sizeof err) < 0) {
-        PyErr_Format(PyExc_RuntimeError, "auditwatch: %s", err);
-        return NULL;
-    }
-    installed = 1;
-    if (PySys_AddAuditHook(aw_audit_hook, NULL) < 0)
-        return NULL;
     /* PySys_AddAuditHook returns success when an existing hook refuses it with a
      * RuntimeError: prove that ours is called before saying it is installed. */
     atomic_store(&aw_probing, 1);
-    int probe = PySys_Audit("auditwatch.install", "s", stage);
+    int probe = PySys_Audit("auditwatch.install", "s", aw_proc.installed);
     atomic_store(&aw_probing, 0);
     if (probe < 0)
         return NULL;
@@ -176,7 +61,7 @@ static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) 
 
 static PyObject *hook_status(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
-    if (!installed)
+    if (!aw_installed())
         return Py_BuildValue("{s:O}", "installed", Py_None);
     aw_counters c;
     aw_ring_counters(&c);
@@ -199,7 +84,7 @@ static PyObject *hook_flush(PyObject *self, PyObject *args) {
     double timeout = 5.0;
     if (!PyArg_ParseTuple(args, "|d:flush", &timeout))
         return NULL;
-    if (!installed)
+    if (!aw_installed())
         Py_RETURN_FALSE;
     /* A flush marker: every record queued before it has left once it has. */
     uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL, 1);
@@ -214,7 +99,7 @@ static PyObject *hook_exit(PyObject *self, PyObject *arg) {
     long code = PyLong_AsLongAndOverflow(arg, &overflow);
     if (code == -1 && PyErr_Occurred())
         return NULL;
-    if (installed)
+    if (aw_installed())
         aw_proc_exit_record("os._exit", (int)code, 0);
     _exit((int)code);
 }
@@ -222,7 +107,7 @@ static PyObject *hook_exit(PyObject *self, PyObject *arg) {
 static PyObject *hook_begin_child(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
     /* After os.fork() in the child: make the run (id, writer, start record) now. */
-    if (installed)
+    if (aw_installed())
         aw_writer_ensure();
     return PyUnicode_FromString(aw_proc.run);
 }

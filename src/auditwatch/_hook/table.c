@@ -84,13 +84,13 @@ static int add_spec(const char *spec, char *err, size_t errlen) {
             int action = colon ? parse_action(p, (size_t)(colon - p)) : -1;
             if (action < 0 || colon + 1 == p + n) {
                 snprintf(err, errlen,
-                         "bad event entry '%.*s': expected ACTION:GLOB with ACTION one of "
+                         "AUDITWATCH_EVENTS: bad event entry '%.*s': expected ACTION:GLOB with ACTION one of "
                          "ignore, record, flush, deny",
                          (int)n, p);
                 return -1;
             }
             if (n_entries == MAX_ENTRIES) {
-                snprintf(err, errlen, "too many event entries (at most %d)", MAX_ENTRIES);
+                snprintf(err, errlen, "AUDITWATCH_EVENTS: too many event entries (at most %d)", MAX_ENTRIES);
                 return -1;
             }
             entry *e = &entries[n_entries];
