@@ -133,7 +133,7 @@ int aw_writer_ensure(void);
 void aw_writer_stop(double timeout);
 
 typedef struct {
-    uint64_t queued, written, dropped, spooled, lost, heartbeats, reentrant, denied;
+    uint64_t queued, written, dropped, spooled, lost, heartbeats, reentrant, denied, ack_timeouts;
     int sink_state; /* 0 none, 1 connected sink, 2 spooling, 3 lost */
     char sink_error[256];
 } aw_counters;

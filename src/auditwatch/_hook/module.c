@@ -67,7 +67,7 @@ static PyObject *hook_status(PyObject *self, PyObject *noargs) {
     aw_ring_counters(&c);
     static const char *states[] = {"none", "sink", "spool", "lost"};
     const char *state = c.sink_state >= 0 && c.sink_state < 4 ? states[c.sink_state] : "?";
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s}",
                          "installed", aw_proc.installed, "run", aw_proc.run, "parent_run",
                          aw_proc.parent_run, "pid", (int)aw_proc.pid, "sink", aw_opts.sink,
                          "policy", aw_opts.policy == AW_POLICY_DROP ? "drop" : "wait", "queued",
@@ -75,7 +75,8 @@ static PyObject *hook_status(PyObject *self, PyObject *noargs) {
                          "dropped", (unsigned long long)c.dropped, "spooled",
                          (unsigned long long)c.spooled, "lost", (unsigned long long)c.lost,
                          "heartbeats", (unsigned long long)c.heartbeats, "reentrant",
-                         aw_hook_reentrant(), "denied", aw_hook_denied(), "sink_state", state,
+                         aw_hook_reentrant(), "denied", aw_hook_denied(), "ack_timeouts",
+                         (unsigned long long)c.ack_timeouts, "sink_state", state,
                          "sink_error", c.sink_error);
 }
 

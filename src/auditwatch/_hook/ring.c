@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -253,12 +254,14 @@ static int sink_open(void) {
     return 0;
 }
 
+static void spool_path(char *path, size_t n);
+
 static int spool_open(void) {
     if (!aw_opts.spool_dir[0])
         return -1;
     char path[1200];
     mkdir(aw_opts.spool_dir, 0700);
-    snprintf(path, sizeof path, "%s/%s-%d.jsonl", aw_opts.spool_dir, aw_proc.run, (int)aw_proc.pid);
+    spool_path(path, sizeof path);
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
         set_sink_error("open spool", path);
@@ -289,39 +292,156 @@ static int write_all(int fd, const char *p, size_t n, int is_socket) {
 }
 
 /* Write a batch of complete lines; returns how many records could not be written. */
-static void sink_write(const char *p, size_t n, uint64_t records) {
-    if (S.fd >= 0) {
-        int is_socket = strncmp(aw_opts.sink, "unix:", 5) == 0;
-        if (fd_is_ours(S.fd) && write_all(S.fd, p, n, is_socket) == 0)
-            goto written;
-        /* A partial line may have reached the collector; the spool gets the whole
-         * batch, and the collector de-duplicates by (run, seq). */
-        set_sink_error("write", aw_opts.sink);
-        if (fd_is_ours(S.fd))
-            close(S.fd);
-        S.fd = -1;
+static int is_unix_sink(void) { return strncmp(aw_opts.sink, "unix:", 5) == 0; }
+
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void spool_path(char *path, size_t n) {
+    snprintf(path, n, "%s/%s-%d.jsonl", aw_opts.spool_dir, aw_proc.run, (int)aw_proc.pid);
+}
+
+static void close_sink(void) {
+    if (fd_is_ours(S.fd))
+        close(S.fd);
+    S.fd = -1;
+}
+
+/* While spooling, try the collector again (at most once a second). On success the
+ * spool file is sent first, then removed: records arrive in order, and the ones
+ * that had already arrived before the failure are dropped by the collector, which
+ * keeps the highest seq per run. */
+static void try_reconnect(void) {
+    static long long last;
+    long long now = monotonic_ns();
+    if (!is_unix_sink() || S.fd >= 0 || now - last < 1000000000LL)
+        return;
+    last = now;
+    if (sink_open() < 0)
+        return;
+    if (S.spool_fd < 0)
+        return;
+    char path[1200], chunk[65536];
+    spool_path(path, sizeof path);
+    int rfd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t got = 0;
+    while (rfd >= 0 && (got = read(rfd, chunk, sizeof chunk)) > 0)
+        if (write_all(S.fd, chunk, (size_t)got, 1) < 0)
+            break;
+    if (rfd >= 0)
+        close(rfd);
+    if (rfd < 0 || got != 0) {
+        close_sink(); /* replay failed: keep spooling, try again later */
+        set_sink_state(2);
+        return;
     }
+    close(S.spool_fd);
+    S.spool_fd = -1;
+    unlink(path);
+}
+
+/* Where a batch went. */
+enum { TO_SINK, TO_SPOOL, TO_NOWHERE };
+
+static int spool_write(const char *p, size_t n) {
     if (S.spool_fd < 0 && spool_open() < 0)
-        goto lost;
-    if (write_all(S.spool_fd, p, n, 0) == 0) {
-        pthread_mutex_lock(&R.mu);
-        R.c.spooled += records;
-        pthread_mutex_unlock(&R.mu);
-        goto written;
-    }
+        return -1;
+    if (write_all(S.spool_fd, p, n, 0) == 0)
+        return 0;
     set_sink_error("write spool", aw_opts.spool_dir);
     close(S.spool_fd);
     S.spool_fd = -1;
-lost:
+    return -1;
+}
+
+/* Write a batch of complete lines to the sink, else to the spool file. */
+static int sink_write(const char *p, size_t n, uint64_t records) {
+    int where = TO_NOWHERE;
+    if (S.fd < 0)
+        try_reconnect();
+    if (S.fd >= 0) {
+        if (fd_is_ours(S.fd) && write_all(S.fd, p, n, is_unix_sink()) == 0) {
+            where = TO_SINK;
+        } else {
+            /* A partial line may have reached the collector; the spool gets the
+             * whole batch, and the collector de-duplicates by (run, seq). */
+            set_sink_error("write", aw_opts.sink);
+            close_sink();
+        }
+    }
+    if (where == TO_NOWHERE && spool_write(p, n) == 0)
+        where = TO_SPOOL;
     pthread_mutex_lock(&R.mu);
-    R.c.lost += records;
-    R.c.sink_state = 3;
+    if (where == TO_NOWHERE) {
+        R.c.lost += records;
+        R.c.sink_state = 3;
+    } else {
+        R.c.written += records;
+        if (where == TO_SPOOL) {
+            R.c.spooled += records;
+            R.c.sink_state = 2;
+        } else {
+            R.c.sink_state = 1;
+        }
+    }
     pthread_mutex_unlock(&R.mu);
-    return;
-written:
-    pthread_mutex_lock(&R.mu);
-    R.c.written += records;
-    pthread_mutex_unlock(&R.mu);
+    return where;
+}
+
+/* Indicator acknowledgement: ask the collector to confirm it has stored every record
+ * up to seq, and wait for the answer (bounded by flush_timeout). Returns 0 when
+ * acknowledged. */
+static int await_ack(uint64_t seq) {
+    static char pending[256];
+    static size_t pending_len;
+    char ctl[64];
+    int n = snprintf(ctl, sizeof ctl, "{\"ctl\":\"ack\",\"seq\":%llu}\n", (unsigned long long)seq);
+    if (write_all(S.fd, ctl, (size_t)n, 1) < 0) {
+        close_sink();
+        return -1;
+    }
+    long long deadline = monotonic_ns() + (long long)(aw_opts.flush_timeout * 1e9);
+    for (;;) {
+        long long left = deadline - monotonic_ns();
+        if (left <= 0)
+            return -1;
+        struct pollfd pfd = {S.fd, POLLIN, 0};
+        int r = poll(&pfd, 1, (int)(left / 1000000LL) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        if (pending_len >= sizeof pending - 1)
+            pending_len = 0; /* not an ack stream: discard */
+        ssize_t got = recv(S.fd, pending + pending_len, sizeof pending - 1 - pending_len, 0);
+        if (got <= 0) {
+            if (got < 0 && errno == EINTR)
+                continue;
+            close_sink();
+            return -1;
+        }
+        pending_len += (size_t)got;
+        pending[pending_len] = '\0';
+        uint64_t best = 0;
+        char *line = pending, *nl;
+        while ((nl = strchr(line, '\n')) != NULL) {
+            *nl = '\0';
+            const char *at = strstr(line, "\"ack\":");
+            if (at) {
+                uint64_t v = strtoull(at + 6, NULL, 10);
+                if (v > best)
+                    best = v;
+            }
+            line = nl + 1;
+        }
+        pending_len = (size_t)(pending + pending_len - line);
+        memmove(pending, line, pending_len);
+        if (best >= seq)
+            return 0;
+    }
 }
 
 /* ---- writer thread ---------------------------------------------------------- */
@@ -387,6 +507,7 @@ static void *writer_main(void *arg) {
             break;
         uint64_t head = R.head, tail = R.tail, ticket = R.put_ticket;
         uint64_t dropped = R.dropped_pending;
+        int want_ack = R.flush_wanted;
         R.dropped_pending = 0;
         R.flush_wanted = 0;
         pthread_mutex_unlock(&R.mu);
@@ -418,14 +539,26 @@ static void *writer_main(void *arg) {
             records++;
         }
         if (heartbeat) {
-            out_meta_record(&out, "heartbeat", "pending", 0, "written", R.c.written);
+            pthread_mutex_lock(&R.mu);
+            uint64_t ack_timeouts = R.c.ack_timeouts;
+            pthread_mutex_unlock(&R.mu);
+            out_meta_record(&out, "heartbeat", "pending", 0, "ack_timeouts", ack_timeouts);
             records++;
             pthread_mutex_lock(&R.mu);
             R.c.heartbeats++;
             pthread_mutex_unlock(&R.mu);
         }
-        if (out.len)
-            sink_write(out.p, out.len, records);
+        if (out.len) {
+            int where = sink_write(out.p, out.len, records);
+            if (want_ack && where == TO_SINK && is_unix_sink() && await_ack(S.seq) < 0) {
+                /* Not confirmed in time: keep a copy on disk too (the collector
+                 * drops duplicates), and count the delay. */
+                spool_write(out.p, out.len);
+                pthread_mutex_lock(&R.mu);
+                R.c.ack_timeouts++;
+                pthread_mutex_unlock(&R.mu);
+            }
+        }
         out.len = 0;
         out.oom = 0;
 

@@ -48,6 +48,9 @@ class RunDirectory:
         self._records.write(raw)
         self._records.write(b"\n")
 
+    def flush(self) -> None:
+        self._records.flush()
+
     def reject(self, reason: str, raw: bytes, peer: object) -> None:
         try:
             line = {"reason": reason, "text": raw.decode("utf-8")}

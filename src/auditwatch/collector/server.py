@@ -34,6 +34,9 @@ class PeerCred:
 
 
 class RecordSink(Protocol):
+    """Receives checked records. A sink that buffers may also define ``flush()``:
+    the collector calls it before acknowledging an indicator (see ``_control``)."""
+
     def accept(self, raw: bytes, record: dict, peer: PeerCred | None) -> None: ...
 
 
@@ -192,10 +195,16 @@ class Collector:
         lines = bytes(buf[:end]).split(b"\n")
         del buf[: end + 1]
         peer = self._peers[conn]
+        acks = []
         with self.lock:
             for line in lines:
-                if line:
+                if line.startswith(b'{"ctl"'):
+                    acks.append(self._control(line))
+                elif line:
                     self._line(line, peer)
+        for ack in acks:
+            if ack is not None:
+                self._send(conn, ack)
 
     def _line(self, raw: bytes, peer: PeerCred | None) -> None:
         if len(raw) > MAX_LINE:
@@ -208,6 +217,31 @@ class Collector:
             return
         for sink in self.sinks:
             sink.accept(raw, record, peer)
+
+    def _control(self, raw: bytes) -> bytes | None:
+        """A control line from a writer: ``{"ctl":"ack","seq":N}`` asks the collector
+        to confirm that every record up to N has been stored. Writers send it after an
+        indicator (a flushed or denied event) and wait for the answer before the
+        audited operation continues."""
+        try:
+            ctl = json.loads(raw)
+            seq = int(ctl["seq"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if ctl.get("ctl") != "ack":
+            return None
+        for sink in self.sinks:
+            flush = getattr(sink, "flush", None)
+            if flush is not None:
+                flush()
+        return b'{"ack":%d}\n' % seq
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> None:
+        # Acks are tiny and the writer is waiting for them; a full socket buffer
+        # means the writer is gone, and then there is nobody to tell.
+        with contextlib.suppress(OSError):
+            conn.send(data)
 
     def _close(self, conn: socket.socket, final: bool) -> None:
         buf = self._buffers.pop(conn, None)

@@ -1,0 +1,146 @@
+"""The writer's side of the wire: indicator acknowledgements, reconnect and replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from auditwatch.collector.server import Collector
+from helpers import audit_env, read_records
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.flushes = 0
+
+    def accept(self, raw: bytes, record: dict, peer: object) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def slow_acker(path: str, delay: float, answer: bool, seen: list[bytes]) -> socket.socket:
+    """A collector stand-in that acknowledges after `delay`, or never."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(4)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        buf = b""
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    seen.append(line)
+                    if line.startswith(b'{"ctl"') and answer:
+                        time.sleep(delay)
+                        conn.sendall(b'{"ack":%d}\n' % json.loads(line)["seq"])
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+CODE = """\
+import sys, time
+t0 = time.monotonic()
+sys.addaudithook(lambda *a: None)   # an indicator: flushed and acknowledged
+print(round(time.monotonic() - t0, 3))
+from auditwatch import _hook
+print(_hook.status()['ack_timeouts'])
+"""
+
+
+def test_indicator_waits_for_the_collectors_ack(tmp_path):
+    sock = str(tmp_path / "c.sock")
+    seen: list[bytes] = []
+    server = slow_acker(sock, delay=0.5, answer=True, seen=seen)
+    env = audit_env(tmp_path, AUDITWATCH_SINK=f"unix:{sock}")
+    out = subprocess.run(
+        [sys.executable, "-c", CODE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    server.close()
+    assert float(out[0]) >= 0.5 and out[1] == "0"
+    lines = [json.loads(x) for x in seen]
+    hook_rec = next(i for i, r in enumerate(lines) if r.get("event") == "sys.addaudithook")
+    ctl = next(i for i, r in enumerate(lines) if "ctl" in r and i > hook_rec)
+    assert lines[ctl]["seq"] >= lines[hook_rec]["seq"]
+
+
+def test_unacknowledged_indicator_is_spooled_and_counted(tmp_path):
+    sock = str(tmp_path / "c.sock")
+    server = slow_acker(sock, delay=0, answer=False, seen=[])
+    env = audit_env(tmp_path, options="flush_timeout=0.3", AUDITWATCH_SINK=f"unix:{sock}")
+    out = subprocess.run(
+        [sys.executable, "-c", CODE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    server.close()
+    assert 0.3 <= float(out[0]) < 5 and out[1] == "1"
+    (spool,) = (tmp_path / "spool").glob("*.jsonl")
+    assert any(r.get("event") == "sys.addaudithook" for r in read_records(spool))
+
+
+def test_collector_restart_loses_and_duplicates_nothing(tmp_path):
+    sock = str(tmp_path / "c.sock")
+    first, second = ListSink(), ListSink()
+    rejected: list[str] = []
+    c1 = Collector(sock, [first], lambda reason, raw, peer: rejected.append(reason))
+    c1.start()
+    code = """\
+import sys, time
+for i in range(40):
+    sys.audit('tick', i)
+    time.sleep(0.05)
+"""
+    env = audit_env(
+        tmp_path,
+        options="heartbeat=0.2",
+        AUDITWATCH_SINK=f"unix:{sock}",
+        AUDITWATCH_EVENTS="record:tick,ignore:*",
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    time.sleep(0.7)
+    c1.stop(grace=0)  # the collector goes away mid-run
+    time.sleep(0.5)
+    c2 = Collector(sock, [second], lambda reason, raw, peer: rejected.append(reason))
+    # The new collector knows what the old one stored, as a restarted collector
+    # reading its store would.
+    for r in first.records:
+        c2.sequencer.check(json.dumps(r).encode(), None)
+    c2.start()
+    assert proc.wait(timeout=60) == 0
+    c2.stop(grace=5)
+    for line in (Path(tmp_path) / "spool").glob("*.jsonl"):
+        for raw in line.read_bytes().splitlines():
+            c2.feed(raw)
+    records = first.records + second.records
+    ticks = [r["args"][0] for r in records if r.get("event") == "tick"]
+    assert sorted(ticks) == list(range(40)) and len(ticks) == 40
+    seqs = [r["seq"] for r in records]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert first.records and second.records
+    assert records[-1]["kind"] == "exit"
+    assert all("incomplete line" in r for r in rejected)
+    assert not os.path.exists(sock)
