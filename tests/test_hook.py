@@ -302,7 +302,7 @@ def test_deny_records_first_then_raises_permission_error(tmp_path):
             print('denied:', e)
     """
     a = run_audited(tmp_path, code, events="deny:os.system")
-    assert "denied: auditwatch: 'os.system' denied by 'deny:os.system'" in a.proc.stdout
+    assert "denied: auditwatch: 'os.system' denied by rule 'deny:os.system'" in a.proc.stdout
     rec = a.events("os.system")[0]
     assert rec["action"] == "deny" and rec["rule"] == "deny:os.system"
 

@@ -94,15 +94,36 @@ void aw_sha256_hex(const void *data, size_t n, char out[65]);
 enum aw_action {
     AW_IGNORE = 0,
     AW_RECORD = 1,
-    AW_FLUSH = 2, /* record, then wait until it has left the process */
-    AW_DENY = 3,  /* record, flush, then refuse the operation */
+    AW_FLUSH = 2,   /* record, then wait until it has left the process */
+    AW_DENY = 3,    /* record, flush, then refuse the operation */
+    AW_MONITOR = 4, /* a deny rule in monitor mode matched: record and flush only */
 };
+
+#define AW_MAX_DENY 8 /* deny rules per event name */
+
+typedef struct {
+    int action;
+    const char *rule; /* the config entry or deny rule that decided */
+    int ndeny;        /* deny rules to test against the arguments */
+    const int *deny;
+    int scratch[AW_MAX_DENY];
+} aw_decision;
 
 /* Parse "action:glob,action:glob,..." (first match wins) in front of the defaults.
  * Returns 0, or -1 with a message in err. */
 int aw_table_configure(const char *spec, char *err, size_t errlen);
-/* Action for an event name; *rule receives the config entry that decided it. */
-int aw_table_lookup(const char *event, const char **rule);
+/* What to do with an event name, before looking at its arguments. */
+void aw_table_lookup(const char *event, aw_decision *d);
+/* Held across fork() so that the child never inherits a locked table. */
+void aw_table_lock(void);
+void aw_table_unlock(void);
+
+/* ---- deny rules (deny.c) ------------------------------------------------- */
+
+int aw_deny_configure(const char *spec, char *err, size_t errlen);
+int aw_deny_candidates(const char *event, int *out, int max);
+/* The first candidate rule whose tests all match the arguments, or NULL. */
+const char *aw_deny_check(const int *cands, int n, PyObject *args, int *enforce);
 const char *aw_table_default_spec(void);
 
 /* ---- ring, writer thread and sink (ring.c) ------------------------------ */
@@ -170,7 +191,7 @@ void aw_ring_register_atfork(void);
  * Py_Initialize. 0, or -1 bad configuration, -2 cannot start, -3 hook refused
  * (a Python exception is set). */
 int aw_install(const char *stage, const char *sink, const char *events, const char *options,
-               char *err, size_t errlen);
+               const char *deny, char *err, size_t errlen);
 int aw_installed(void);
 
 /* ---- the hook (hook.c) --------------------------------------------------- */

@@ -11,7 +11,7 @@ static __thread int in_hook;
 atomic_int aw_probe_seen, aw_probing;
 static atomic_ullong reentrant, denied;
 
-static const char *ACTION_NAMES[] = {"ignore", "record", "flush", "deny"};
+static const char *ACTION_NAMES[] = {"ignore", "record", "flush", "deny", "monitor"};
 
 static long long interp_id(PyThreadState *ts) {
     if (ts == NULL)
@@ -66,8 +66,18 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     (void)userdata;
     if (!atomic_load_explicit(&aw_proc.active, memory_order_relaxed))
         return 0;
-    const char *rule = NULL;
-    int action = aw_table_lookup(event, &rule);
+    aw_decision d;
+    aw_table_lookup(event, &d);
+    int action = d.action;
+    const char *rule = d.rule;
+    if (d.ndeny) {
+        int enforce = 0;
+        const char *hit = aw_deny_check(d.deny, d.ndeny, args, &enforce);
+        if (hit) {
+            action = enforce ? AW_DENY : AW_MONITOR;
+            rule = hit;
+        }
+    }
     if (atomic_load_explicit(&aw_probing, memory_order_relaxed) &&
         strcmp(event, "auditwatch.install") == 0) {
         /* The installation probe is on record whatever the table says. */
@@ -91,7 +101,7 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
         PyErr_Fetch(&et, &ev, &etb);
 
     uint64_t ticket = aw_record_event(event, args, ACTION_NAMES[action],
-                                      action == AW_DENY ? rule : NULL, 1);
+                                      action >= AW_DENY ? rule : NULL, 1);
     /* The writer waits flush_timeout for the collector's ack, then spools; give it
      * a moment more so that the record is on disk or acknowledged when we return. */
     if (action >= AW_FLUSH)
@@ -102,8 +112,8 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     in_hook = 0;
     if (action == AW_DENY && ts) {
         atomic_fetch_add(&denied, 1);
-        PyErr_Format(PyExc_PermissionError, "auditwatch: '%.200s' denied by '%.200s'", event,
-                     rule ? rule : "config");
+        PyErr_Format(PyExc_PermissionError, "auditwatch: '%.200s' denied by rule '%.200s'",
+                     event, rule ? rule : "config");
         return -1;
     }
     return 0;

@@ -94,7 +94,7 @@ static int parse_options(const char *spec, char *err, size_t errlen) {
 }
 
 int aw_install(const char *stage, const char *sink, const char *events, const char *options,
-               char *err, size_t errlen) {
+               const char *deny, char *err, size_t errlen) {
     if (atomic_exchange(&installed, 1)) {
         snprintf(err, errlen, "auditwatch is already recording this process (run %s)", aw_proc.run);
         return -2;
@@ -105,6 +105,8 @@ int aw_install(const char *stage, const char *sink, const char *events, const ch
         events = getenv("AUDITWATCH_EVENTS");
     if (!options)
         options = getenv("AUDITWATCH_OPTIONS");
+    if (!deny)
+        deny = getenv("AUDITWATCH_DENY");
     int rc = -1;
     if (sink && strlen(sink) >= sizeof aw_opts.sink) {
         snprintf(err, errlen, "AUDITWATCH_SINK: path too long");
@@ -117,6 +119,8 @@ int aw_install(const char *stage, const char *sink, const char *events, const ch
         /* message names the option */
     } else if (aw_table_configure(events, err, errlen) < 0) {
         /* message names the entry */
+    } else if (aw_deny_configure(deny, err, errlen) < 0) {
+        /* message names the rule */
     } else {
         strcpy(aw_opts.sink, sink ? sink : "");
         rc = aw_proc_install(stage, err, errlen) < 0 ? -2 : 0;
@@ -135,5 +139,5 @@ int aw_install(const char *stage, const char *sink, const char *events, const ch
 
 /* For the launcher: install before Py_Initialize. Returns 0, or -1 with err set. */
 __attribute__((visibility("default"))) int auditwatch_preinit(char *err, size_t errlen) {
-    return aw_install("pre-init", NULL, NULL, NULL, err, errlen) == 0 ? 0 : -1;
+    return aw_install("pre-init", NULL, NULL, NULL, NULL, err, errlen) == 0 ? 0 : -1;
 }

@@ -19,10 +19,10 @@ unsigned long long aw_hook_denied(void);
 
 static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"installed", "sink", "events", "options", NULL};
-    const char *how = "late", *sink = NULL, *events = NULL, *options = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|szzz:install", kwlist, &how, &sink, &events,
-                                     &options))
+    static char *kwlist[] = {"installed", "sink", "events", "options", "deny", NULL};
+    const char *how = "late", *sink = NULL, *events = NULL, *options = NULL, *deny = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|szzzz:install", kwlist, &how, &sink, &events,
+                                     &options, &deny))
         return NULL;
     if (aw_installed()) {
         PyErr_Format(PyExc_RuntimeError, "auditwatch is already recording this process (run %s)",
@@ -34,8 +34,8 @@ static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) 
         return NULL;
     }
     char err[512] = "";
-    int rc = aw_install(strcmp(how, "site") == 0 ? "site" : "late", sink, events, options, err,
-                        sizeof err);
+    int rc = aw_install(strcmp(how, "site") == 0 ? "site" : "late", sink, events, options, deny,
+                        err, sizeof err);
     if (rc == -3)
         return NULL; /* another hook refused: its exception is set */
     if (rc < 0) {
@@ -134,9 +134,9 @@ static PyObject *hook_default_events(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"install", (PyCFunction)(void (*)(void))hook_install, METH_VARARGS | METH_KEYWORDS,
-     "install(installed='late', sink=None, events=None, options=None) -> run id\n\n"
+     "install(installed='late', sink=None, events=None, options=None, deny=None) -> run id\n\n"
      "Register the native audit hook. None takes the value from the environment\n"
-     "(AUDITWATCH_SINK, AUDITWATCH_EVENTS, AUDITWATCH_OPTIONS). Once per process."},
+     "(AUDITWATCH_SINK, _EVENTS, _OPTIONS, _DENY). Once per process."},
     {"status", hook_status, METH_NOARGS, "Counters of the recorder (a new dict each call)."},
     {"flush", hook_flush, METH_VARARGS,
      "flush(timeout=5.0) -> bool: wait until every record so far has left the process."},

@@ -626,6 +626,7 @@ void aw_writer_stop(double timeout) {
  * own writer lazily, with a new run id, at its first record. */
 
 static void atfork_prepare(void) {
+    aw_table_lock();
     pthread_mutex_lock(&start_mu);
     pthread_mutex_lock(&R.mu);
 }
@@ -633,11 +634,13 @@ static void atfork_prepare(void) {
 static void atfork_parent(void) {
     pthread_mutex_unlock(&R.mu);
     pthread_mutex_unlock(&start_mu);
+    aw_table_unlock();
 }
 
 static void atfork_child(void) {
     pthread_mutex_unlock(&R.mu);
     pthread_mutex_unlock(&start_mu);
+    aw_table_unlock();
     pthread_cond_init(&R.not_empty, NULL);
     pthread_cond_init(&R.not_full, NULL);
     pthread_cond_init(&R.flushed, NULL);

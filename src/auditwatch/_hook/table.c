@@ -28,6 +28,8 @@ typedef struct {
     uint32_t hash;
     int action;
     const char *rule;
+    int ndeny;
+    int deny[AW_MAX_DENY]; /* deny rules naming this event (deny.c) */
 } slot;
 
 static entry entries[MAX_ENTRIES];
@@ -132,7 +134,7 @@ static uint32_t hash_name(const char *s) {
     return h;
 }
 
-int aw_table_lookup(const char *event, const char **rule) {
+void aw_table_lookup(const char *event, aw_decision *d) {
     uint32_t h = hash_name(event);
     for (uint32_t i = h & (SLOTS - 1), probes = 0; probes < SLOTS;
          i = (i + 1) & (SLOTS - 1), probes++) {
@@ -140,11 +142,22 @@ int aw_table_lookup(const char *event, const char **rule) {
         if (name == NULL)
             break;
         if (slots[i].hash == h && strcmp(name, event) == 0) {
-            *rule = slots[i].rule;
-            return slots[i].action;
+            d->action = slots[i].action;
+            d->rule = slots[i].rule;
+            d->ndeny = slots[i].ndeny;
+            d->deny = slots[i].deny;
+            return;
         }
     }
-    int action = match(event, rule);
+    const char *rule_text;
+    int action = match(event, &rule_text);
+    d->action = action;
+    d->rule = rule_text;
+    d->ndeny = aw_deny_candidates(event, d->scratch, AW_MAX_DENY);
+    d->deny = d->scratch;
+    if (strlen(event) > 256)
+        return; /* not worth a slot: hostile code can invent long names */
+    const char **rule = &rule_text;
     pthread_mutex_lock(&insert_mu);
     if (n_slots < SLOTS / 2) {
         uint32_t i = h & (SLOTS - 1);
@@ -160,11 +173,15 @@ int aw_table_lookup(const char *event, const char **rule) {
             slots[i].hash = h;
             slots[i].action = action;
             slots[i].rule = *rule;
+            slots[i].ndeny = d->ndeny;
+            memcpy(slots[i].deny, d->scratch, sizeof slots[i].deny);
             atomic_store_explicit(&slots[i].name, copy, memory_order_release);
             n_slots++;
         }
     }
 done:
     pthread_mutex_unlock(&insert_mu);
-    return action;
 }
+
+void aw_table_lock(void) { pthread_mutex_lock(&insert_mu); }
+void aw_table_unlock(void) { pthread_mutex_unlock(&insert_mu); }

@@ -84,3 +84,20 @@ def _refuse(item: Resolved, problem: str) -> RuleError:
     loc = item.loc
     assert loc is not None
     return loc.error(f"deny rule: the native matcher {problem}{_HELP}", item.offset)
+
+
+_OPS = {"=": "eq", "startswith": "prefix", "glob": "glob", "cidr": "cidr"}
+
+
+def _field(text: str) -> str:
+    # Percent-encode what would break the line format (see _hook/deny.c).
+    return text.replace("%", "%25").replace("\t", "%09").replace("\n", "%0A")
+
+
+def encode_native(rules: list[NativeRule]) -> str:
+    """The AUDITWATCH_DENY value for these rules: one tab-separated line per rule."""
+    lines = []
+    for r in rules:
+        tests = [f"{t.arg}:{_OPS[t.op]}:{_field(str(t.value))}" for t in r.tests]
+        lines.append("\t".join([_field(r.rule), r.mode, _field(r.event), *tests]))
+    return "\n".join(lines)
