@@ -172,13 +172,28 @@ static size_t utf8_seq(const unsigned char *s, size_t n, Py_UCS4 *cp) {
     return len;
 }
 
+/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"', '\\'. */
+static const unsigned char PLAIN[256] = {
+    ['\x20'] = 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x20-0x2f, '"' is 0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x30-0x3f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x40-0x4f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,            /* 0x50-0x5f, '\\' is 0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x60-0x6f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,            /* 0x70-0x7f, DEL is 0 */
+};
+
 void aw_buf_cstr(aw_buf *b, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     if (aw_buf_reserve(b, n * 6 + 2) < 0)
         return;
     char *d = b->p + b->len;
     *d++ = '"';
-    for (size_t i = 0; i < n;) {
+    size_t plain = 0;
+    while (plain < n && PLAIN[u[plain]])
+        plain++;
+    memcpy(d, s, plain); /* most names and paths are plain ASCII throughout */
+    d += plain;
+    for (size_t i = plain; i < n;) {
         Py_UCS4 cp;
         size_t k = utf8_seq(u + i, n - i, &cp);
         if (k == 0) {
@@ -247,15 +262,6 @@ static void put_type_name(aw_buf *b, PyObject *o) {
     aw_buf_cstr(b, name ? name : "?", name ? strlen(name) : 1);
 }
 
-/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"', '\\'. */
-static const unsigned char PLAIN[256] = {
-    ['\x20'] = 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x20-0x2f, '"' is 0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x30-0x3f */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x40-0x4f */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,            /* 0x50-0x5f, '\\' is 0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,            /* 0x60-0x6f */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,            /* 0x70-0x7f, DEL is 0 */
-};
 
 /* String content of a str object (exact or subclass), read from the C object.
  * Room for the worst case is reserved once, then characters are written directly. */
@@ -597,13 +603,62 @@ static int cached_line(PyFrameObject *f, PyCodeObject *co) {
     return line;
 }
 
+/* The '{"file":...,"func":...,"line":' part of `where` depends only on the code
+ * object: a per-thread cache keeps it encoded, under the same identity rules as
+ * the line cache above. Longer fragments are simply not cached. */
+
+#define FRAG_CACHE 32
+#define FRAG_MAX 320
+
+typedef struct {
+    const void *code, *file, *func;
+    unsigned short len;
+    char text[FRAG_MAX];
+} frag_entry;
+
+static __thread frag_entry frag_cache[FRAG_CACHE];
+
+static void put_where_prefix(aw_buf *b, PyCodeObject *co) {
+    static const aw_limits where_limits = {512, 0, 0, 0, 4096};
+    PyObject *file = co ? co->co_filename : NULL;
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *func = co ? co->co_qualname : NULL;
+#else
+    PyObject *func = co ? co->co_name : NULL;
+#endif
+    frag_entry *e = &frag_cache[((uintptr_t)co >> 4) & (FRAG_CACHE - 1)];
+    if (co && e->code == co && e->file == file && e->func == func) {
+        aw_buf_put(b, e->text, e->len);
+        return;
+    }
+    size_t start = b->len;
+    enc_ctx cx = {&where_limits, b->len};
+    aw_buf_puts(b, "{\"file\":");
+    if (file && PyUnicode_Check(file))
+        put_str(b, file, &cx);
+    else
+        aw_buf_puts(b, "null");
+    aw_buf_puts(b, ",\"func\":");
+    if (func && PyUnicode_Check(func))
+        put_str(b, func, &cx);
+    else
+        aw_buf_puts(b, "null");
+    aw_buf_puts(b, ",\"line\":");
+    size_t n = b->len - start;
+    if (co && !b->oom && n <= FRAG_MAX) {
+        e->code = co;
+        e->file = file;
+        e->func = func;
+        e->len = (unsigned short)n;
+        memcpy(e->text, b->p + start, n);
+    }
+}
+
 void aw_encode_where(aw_buf *b, PyThreadState *ts) {
     if (ts == NULL) {
         aw_buf_puts(b, "null");
         return;
     }
-    static const aw_limits where_limits = {512, 0, 0, 0, 4096};
-    enc_ctx cx = {&where_limits, b->len};
 #if PY_VERSION_HEX >= 0x03090000
     PyFrameObject *f = PyThreadState_GetFrame(ts); /* new reference */
     if (f == NULL) {
@@ -620,23 +675,8 @@ void aw_encode_where(aw_buf *b, PyThreadState *ts) {
     PyCodeObject *co = f->f_code;
 #endif
     int line = co ? cached_line(f, co) : PyFrame_GetLineNumber(f);
-    aw_buf_puts(b, "{\"file\":");
-    if (co && co->co_filename && PyUnicode_Check(co->co_filename))
-        put_str(b, co->co_filename, &cx);
-    else
-        aw_buf_puts(b, "null");
-    aw_buf_puts(b, ",\"line\":");
+    put_where_prefix(b, co);
     aw_buf_int(b, line);
-    aw_buf_puts(b, ",\"func\":");
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *fn = co ? co->co_qualname : NULL;
-#else
-    PyObject *fn = co ? co->co_name : NULL;
-#endif
-    if (fn && PyUnicode_Check(fn))
-        put_str(b, fn, &cx);
-    else
-        aw_buf_puts(b, "null");
     aw_buf_putc(b, '}');
 #if PY_VERSION_HEX >= 0x03090000
     Py_XDECREF(co);
