@@ -167,4 +167,7 @@ static struct PyModuleDef module = {
     methods, slots, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__hook(void) { return PyModuleDef_Init(&module); }
+/* Exported explicitly: before 3.9 PyMODINIT_FUNC does not override -fvisibility=hidden. */
+__attribute__((visibility("default"))) PyMODINIT_FUNC PyInit__hook(void) {
+    return PyModuleDef_Init(&module);
+}
