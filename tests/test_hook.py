@@ -262,7 +262,10 @@ def test_subinterpreters_are_recorded_with_their_interpreter_id(tmp_path):
         assert sub and sub[0]["interp"] > 0 and sub[0]["interp"] != legacy[0]["interp"]
         opens = [r for r in a.events("open") if r["args"][0] == "/dev/null"]
         assert opens and opens[0]["interp"] == sub[0]["interp"]
-    assert a.events("cpython.PyInterpreterState_New")
+    if sys.version_info < (3, 13):
+        # 3.13 creates the interpreter with no thread state attached, so the event
+        # reaches no hook (docs/threat-model.md); the new interp id still shows.
+        assert a.events("cpython.PyInterpreterState_New")
 
 
 def test_threads_lose_nothing(tmp_path):

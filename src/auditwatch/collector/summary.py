@@ -57,6 +57,15 @@ def _command(event: str, record: dict) -> str:
     return text(arg(record, 0)) or "?"
 
 
+def _inside_subprocess(record: dict) -> bool:
+    # Since 3.13 subprocess may start children with os.posix_spawn: that event is
+    # the same spawn as the subprocess.Popen event before it.
+    where = record.get("where") or {}
+    return record.get("event") != "subprocess.Popen" and str(where.get("file", "")).endswith(
+        "subprocess.py"
+    )
+
+
 SPAWN_EVENTS = {
     "subprocess.Popen",
     "os.system",
@@ -121,7 +130,11 @@ class Summary:
             key = text(path) if text(path) is not None else f"fd {plain(path)}"
             if key in self.files_written or len(self.files_written) < LIST_CAP:
                 self.files_written[key] += 1
-        elif event in SPAWN_EVENTS and len(self.spawned) < LIST_CAP:
+        elif (
+            event in SPAWN_EVENTS
+            and len(self.spawned) < LIST_CAP
+            and not _inside_subprocess(record)
+        ):
             self.spawned.append(
                 {"run": info.run, "event": event, "command": _command(event, record)}
             )
