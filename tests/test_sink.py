@@ -144,3 +144,68 @@ for i in range(40):
     assert records[-1]["kind"] == "exit"
     assert all("incomplete line" in r for r in rejected)
     assert not os.path.exists(sock)
+
+
+def test_drop_policy_counts_and_reports_what_it_drops(tmp_path):
+    # A collector that stops reading: the socket fills, the writer blocks, the ring
+    # fills, and with policy=drop the recording threads drop and count.
+    sock = str(tmp_path / "c.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock)
+    server.listen(1)
+    received = bytearray()
+    reading = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        reading.wait()
+        with conn:
+            while True:
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                received.extend(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    code = """\
+import sys
+for i in range(200_000):
+    sys.audit('flood', i)
+from auditwatch import _hook
+print(_hook.status()['dropped'])
+"""
+    env = audit_env(
+        tmp_path,
+        options="policy=drop;ring=1048576",
+        AUDITWATCH_SINK=f"unix:{sock}",
+        AUDITWATCH_EVENTS="record:flood,ignore:*",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(3)
+    reading.set()
+    out, _ = proc.communicate(timeout=120)
+    t.join(timeout=30)
+    server.close()
+    assert proc.returncode == 0
+    records = [json.loads(line) for line in bytes(received).splitlines()]
+    floods = [r for r in records if r.get("event") == "flood"]
+    drops = [r for r in records if r["kind"] == "drop"]
+    dropped = sum(r["dropped"] for r in drops)
+    assert dropped > 0 and dropped == int(out.strip()) == drops[-1]["total_dropped"]
+    assert len(floods) + dropped == 200_000
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
+def test_silence_is_filled_with_heartbeats(tmp_path):
+    code = "import time; time.sleep(1.2)"
+    env = audit_env(tmp_path, options="heartbeat=0.2")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    records = read_records(tmp_path / "records.jsonl")
+    beats = [r for r in records if r["kind"] == "heartbeat"]
+    assert len(beats) >= 3
+    assert all(b["pending"] == 0 and b["ack_timeouts"] == 0 for b in beats)
+    gaps = [b["ts"] - a["ts"] for a, b in zip(records, records[1:])]
+    assert max(gaps) < 0.6e9  # never silent for much longer than the interval

@@ -145,7 +145,9 @@ extern aw_options aw_opts;
 int aw_ring_init(size_t bytes);
 /* Queue one record body (JSON members after the common prefix, without braces).
  * Returns the ticket of the record (> 0), or 0 when it was dropped. */
-uint64_t aw_ring_put(const char *body, size_t n, int may_release_gil);
+#define AW_PUT_RELEASE_GIL 1 /* may release the GIL while waiting for room */
+#define AW_PUT_KEEP 2        /* a start or exit record: wait even under policy=drop */
+uint64_t aw_ring_put(const char *body, size_t n, int flags);
 /* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
 /* Start the writer thread (and open the sink) if this process has none yet. */

@@ -57,7 +57,7 @@ uint64_t aw_record_event(const char *event, PyObject *args, const char *action, 
     }
     uint64_t ticket = 0;
     if (!b.oom)
-        ticket = aw_ring_put(b.p, b.len, may_release_gil);
+        ticket = aw_ring_put(b.p, b.len, may_release_gil ? AW_PUT_RELEASE_GIL : 0);
     aw_buf_free(&b);
     return ticket;
 }

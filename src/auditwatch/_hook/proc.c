@@ -162,7 +162,7 @@ void aw_proc_start_record(void) {
         aw_buf_puts(&b, "null");
     aw_buf_putc(&b, '}');
     if (!b.oom)
-        aw_ring_put(b.p, b.len, 0);
+        aw_ring_put(b.p, b.len, AW_PUT_KEEP);
     aw_buf_free(&b);
 }
 
@@ -189,7 +189,7 @@ void aw_proc_exit_record(const char *how, int code, int sig) {
         aw_buf_int(&b, code);
     }
     aw_buf_puts(&b, "}");
-    aw_ring_put(b.p, b.len, 0);
+    aw_ring_put(b.p, b.len, AW_PUT_KEEP);
     aw_buf_free(&b);
     aw_writer_stop(aw_opts.flush_timeout + 3.0);
 }

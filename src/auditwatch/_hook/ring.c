@@ -107,15 +107,23 @@ static void ring_copy_out(uint64_t at, void *dst, size_t n) {
         memcpy((char *)dst + first, R.data, n - first);
 }
 
-uint64_t aw_ring_put(const char *body, size_t n, int may_release_gil) {
+uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     uint32_t len = (uint32_t)n;
     uint64_t need = (uint64_t)n + sizeof len;
     if (R.data == NULL || need > R.cap)
         return 0;
+    int may_release_gil = flags & AW_PUT_RELEASE_GIL;
+    /* Start and exit records wait for room even under policy=drop, for a while. */
+    int keep = flags & AW_PUT_KEEP;
+    struct timespec keep_deadline;
+    if (keep)
+        deadline_in(&keep_deadline, aw_opts.flush_timeout + 3.0);
     PyThreadState *saved = NULL;
     pthread_mutex_lock(&R.mu);
     while (R.cap - (R.head - R.tail) < need) {
-        if (aw_opts.policy == AW_POLICY_DROP || !atomic_load(&R.writer_running) || R.stop) {
+        int can_wait = atomic_load(&R.writer_running) && !R.stop &&
+                       (keep || aw_opts.policy == AW_POLICY_WAIT);
+        if (!can_wait) {
             R.dropped_pending++;
             R.c.dropped++;
             if (R.writer_waiting)
@@ -135,7 +143,12 @@ uint64_t aw_ring_put(const char *body, size_t n, int may_release_gil) {
         }
         if (R.writer_waiting)
             pthread_cond_signal(&R.not_empty);
-        pthread_cond_wait(&R.not_full, &R.mu);
+        if (keep) {
+            if (pthread_cond_timedwait(&R.not_full, &R.mu, &keep_deadline) == ETIMEDOUT)
+                keep = 0; /* the sink is stuck: give up as a drop, counted */
+        } else {
+            pthread_cond_wait(&R.not_full, &R.mu);
+        }
     }
     ring_copy_in(R.head, &len, sizeof len);
     ring_copy_in(R.head + sizeof len, body, n);
