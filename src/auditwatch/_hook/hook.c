@@ -107,8 +107,12 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     if (action >= AW_FLUSH)
         aw_ring_flush(ticket, aw_opts.flush_timeout + 1.0, 1);
 
+    /* Leave the error state as we found it: an allocation that failed while making
+     * the record (a frame object, a hash) must not surface as the event's error. */
     if (et || ev || etb)
         PyErr_Restore(et, ev, etb);
+    else if (ts && PyErr_Occurred())
+        PyErr_Clear();
     in_hook = 0;
     if (action == AW_DENY && ts) {
         atomic_fetch_add(&denied, 1);
