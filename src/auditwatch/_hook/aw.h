@@ -181,7 +181,7 @@ pid_t aw_gettid(void);
 long long aw_now_ns(void);
 /* Common prefix of every record after seq: ,"run":..,"pid":..,"installed":.. */
 const char *aw_proc_prefix(size_t *len);
-void aw_proc_start_record(void);
+uint64_t aw_proc_start_record(void);
 void aw_proc_after_fork_child(void);
 /* Make this run's identity (after fork) and helper threads before its first record. */
 void aw_proc_prepare_run(void);

@@ -114,7 +114,7 @@ static void put_file_string(aw_buf *b, const char *path, int nul_list) {
     aw_buf_putc(b, ']');
 }
 
-void aw_proc_start_record(void) {
+uint64_t aw_proc_start_record(void) {
     char storage[4096];
     aw_buf b;
     aw_buf_init(&b, storage, sizeof storage);
@@ -161,9 +161,11 @@ void aw_proc_start_record(void) {
     else
         aw_buf_puts(&b, "null");
     aw_buf_putc(&b, '}');
+    uint64_t ticket = 0;
     if (!b.oom)
-        aw_ring_put(b.p, b.len, AW_PUT_KEEP);
+        ticket = aw_ring_put(b.p, b.len, AW_PUT_KEEP);
     aw_buf_free(&b);
+    return ticket;
 }
 
 /* ---- exit paths ---------------------------------------------------------------- */

@@ -610,7 +610,9 @@ int aw_writer_ensure(void) {
         if (rc == 0) {
             pthread_detach(R.writer);
             atomic_store_explicit(&R.writer_running, 1, memory_order_release);
-            aw_proc_start_record();
+            /* The collector learns of the process before any of its code runs: a
+             * process killed at once (SIGKILL) is still on record, as missing. */
+            aw_ring_flush(aw_proc_start_record(), aw_opts.flush_timeout + 1.0, 0);
         }
     }
     pthread_mutex_unlock(&start_mu);
