@@ -173,8 +173,15 @@ uint64_t aw_proc_start_record(void) {
 static atomic_int exit_written;
 
 void aw_proc_exit_record(const char *how, int code, int sig) {
-    if (!atomic_load(&aw_proc.active) || atomic_exchange(&exit_written, 1))
+    if (!atomic_load(&aw_proc.active))
         return;
+    if (atomic_exchange(&exit_written, 1)) {
+        /* Another exit path got here first (os._exit racing SIGTERM, as when a pool
+         * terminates workers that are finishing): let its record drain before
+         * this path lets the process die. */
+        aw_writer_stop(aw_opts.flush_timeout + 3.0);
+        return;
+    }
     aw_writer_ensure();
     char storage[256];
     aw_buf b;
