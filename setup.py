@@ -1,20 +1,30 @@
 """Build of the native parts; the metadata lives in pyproject.toml.
 
-Two things need code here: the C extension (strict warnings, optional sanitizers)
-and shipping ``auditwatch.pth`` at the root of site-packages, which is how every
+Three things need code here: the C extension (strict warnings, optional sanitizers),
+shipping ``auditwatch.pth`` at the root of site-packages, which is how every
 Python started with auditwatch's environment gets audited (coverage.py's approach
-to measuring subprocesses).
+to measuring subprocesses), and the ``auditwatch-python`` launcher: a C program
+linked against the building interpreter's libpython, installed as a script into the
+environment's ``bin/`` (docs/launcher.md).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Distribution, Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
+
+# setuptools has no build_scripts of its own: take the one it uses (its bundled
+# distutils on every Python; 3.12+ has no distutils in the standard library).
+build_scripts = Distribution().get_command_class("build_scripts")
 
 HOOK_DIR = Path("src/auditwatch/_hook")
 
@@ -63,7 +73,61 @@ class BuildPyWithPth(build_py):
         ]
 
 
+LAUNCHER_SOURCE = "src/auditwatch/launcher/launcher.c"
+LAUNCHER_NAME = "auditwatch-python"
+
+
+def launcher_command(source: str, output: str) -> list[str]:
+    """The compile-and-link command for the launcher, from the interpreter's sysconfig.
+
+    A shared libpython (the usual case) is linked with ``-lpythonX.Y`` and an rpath to
+    LIBDIR, so the launcher runs from a virtual environment; a static one is linked
+    whole with the symbols exported (LINKFORSHARED), as ``python`` itself is, so that
+    extension modules can resolve them.
+    """
+    var = sysconfig.get_config_var
+
+    def split(name: str) -> list[str]:
+        return shlex.split(var(name) or "")
+
+    libdir = var("LIBDIR") or ""
+    cc = split("CC") or ["cc"]
+    cmd = [*cc, *split("CFLAGS"), *CFLAGS, f"-I{sysconfig.get_path('include')}"]
+    cmd += [source, "-o", output, *split("LDFLAGS")]
+    if var("Py_ENABLE_SHARED"):
+        ldlibrary = var("LDLIBRARY") or f"libpython{var('VERSION')}{sys.abiflags}.so"
+        name = ldlibrary[3:].split(".so")[0] if ldlibrary.startswith("lib") else ldlibrary
+        cmd += [f"-L{libdir}", f"-l{name}", f"-Wl,-rpath,{libdir}"]
+    else:
+        static = Path(var("LIBPL") or libdir) / (var("LIBRARY") or "")
+        cmd += [str(static), *split("LINKFORSHARED")]
+    cmd += [*split("LIBS"), *split("SYSLIBS"), "-ldl", *LDFLAGS]
+    return cmd
+
+
+class BuildScripts(build_scripts):
+    """Compile the launcher (a binary: the base class's shebang handling cannot copy it)."""
+
+    def run(self) -> None:
+        out_dir = Path(self.build_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        output = out_dir / LAUNCHER_NAME
+        cmd = launcher_command(LAUNCHER_SOURCE, str(output))
+        self.announce(" ".join(shlex.quote(c) for c in cmd), level=2)
+        subprocess.run(cmd, check=True)
+        output.chmod(0o755)
+
+    def get_source_files(self) -> list[str]:
+        return [LAUNCHER_SOURCE]
+
+    def get_outputs(self) -> list[str]:
+        return [str(Path(self.build_dir) / LAUNCHER_NAME)]
+
+
 setup(
+    # The launcher's source stands in the scripts list so that build and install run
+    # build_scripts / install_scripts; BuildScripts compiles it into auditwatch-python.
+    scripts=[LAUNCHER_SOURCE],
     ext_modules=[
         Extension(
             "auditwatch._hook",
@@ -73,5 +137,5 @@ setup(
             extra_link_args=LDFLAGS,
         )
     ],
-    cmdclass={"build_py": BuildPyWithPth, "build_ext": BuildExt},
+    cmdclass={"build_py": BuildPyWithPth, "build_ext": BuildExt, "build_scripts": BuildScripts},
 )

@@ -72,3 +72,45 @@ def run_audited(
             f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return Audited(proc, read_records(tmp_path / "records.jsonl"))
+
+
+# -- the launcher (docs/launcher.md) ---------------------------------------------------
+
+
+def launcher_path() -> Path:
+    """``auditwatch-python`` of the environment the tests run in."""
+    return Path(sys.executable).parent / "auditwatch-python"
+
+
+def run_launched(
+    tmp_path: Path,
+    *args: str,
+    events: str = "",
+    options: str = "",
+    input: str | None = None,
+    timeout: float = 120,
+    check: bool = True,
+    **extra: str,
+) -> Audited:
+    """Run ``auditwatch-python ARGS`` with auditing asked for through the environment."""
+    env = audit_env(tmp_path, events, options, **extra)
+    proc = subprocess.run(
+        [str(launcher_path()), *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return Audited(proc, read_records(tmp_path / "records.jsonl"))
+
+
+def arg_text(value: object) -> object:
+    """An encoded str argument's value, cut or not (``{"$": "str", "v": ...}``)."""
+    if isinstance(value, dict) and value.get("$") == "str":
+        return value.get("v")
+    return value

@@ -19,6 +19,11 @@ starts):
 ``AUDITWATCH_REQUIRED``
     ``1``: a process that cannot be audited exits (status 70) instead of running
     unaudited.
+
+Without ``AUDITWATCH_SINK``, ``sys.prefix/auditwatch.conf`` (written by
+``auditwatch install``, read the same way by the launcher) turns auditing on for
+every Python of that environment; a config that cannot be used stops the process
+(status 70) rather than letting it run unaudited. See docs/launcher.md.
 """
 
 from __future__ import annotations
@@ -59,21 +64,73 @@ def _after_fork_in_child() -> None:
     os.environ["AUDITWATCH_PARENT_RUN"] = _hook.begin_child()
 
 
+CONFIG_NAME = "auditwatch.conf"
+CONFIG_KEYS = ("sink", "events", "options", "deny", "manifest")
+
+
+def read_config(path: str) -> dict[str, str]:
+    """``key = value`` lines, ``#`` comments: the installed config (docs/launcher.md)."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise ValueError(f"{path}:{number}: expected KEY = VALUE")
+            values[key.strip()] = value.strip()
+    if not values.get("sink"):
+        raise ValueError(f"{path}: no sink = ... line")
+    return values
+
+
 def bootstrap() -> None:
     """Install the native hook at site start-up (called from ``auditwatch.pth``)."""
+    config = os.path.join(sys.prefix, CONFIG_NAME)
+    use_config = os.environ.get("AUDITWATCH_SINK") is None and os.path.exists(config)
     try:
         from auditwatch import _hook
     except ImportError as exc:
         _fail(f"cannot load the native hook ({exc}); is auditwatch built for {sys.version}?")
+        if use_config:
+            _refuse()
         return
-    if _hook.status().get("installed"):
+    status = _hook.status()
+    if status.get("installed") == "pre-init" and not _state.get("pre-init"):
+        # The launcher installed the hook before Python started: finish the
+        # Python-side part (os._exit, fork) once per interpreter.
+        _state["pre-init"] = True
+        try:
+            _after_install(status["run"])
+        except RuntimeError:  # a subinterpreter that does not support fork handlers
+            return
+        return
+    if status.get("installed"):
         return  # a subinterpreter: the process-wide hook already covers it
+    args: tuple[str | None, ...] = ()
     try:
-        run = _hook.install("site")
-    except (ValueError, RuntimeError) as exc:
+        if use_config:
+            values = read_config(config)
+            if values.get("manifest"):
+                raise ValueError(f"{config}: a manifest needs the launcher (auditwatch-python)")
+            args = tuple(values.get(key, "") for key in CONFIG_KEYS[:4])
+        run = _hook.install("site", *args)
+    except (OSError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
+        if use_config:
+            _refuse()
         return
     _after_install(run)
+
+
+_state: dict[str, bool] = {}
+
+
+def _refuse() -> None:
+    # An installed config means "every process here is audited": never run without.
+    sys.stderr.write(f"auditwatch: {sys.prefix}/{CONFIG_NAME} requires auditing, exiting\n")
+    os._exit(EX_SOFTWARE)
 
 
 def start(

@@ -199,6 +199,12 @@ int aw_installed(void);
 /* ---- the hook (hook.c) --------------------------------------------------- */
 
 int aw_audit_hook(const char *event, PyObject *args, void *userdata);
+/* Provenance and start-up policies for compile and cpython.run_* (opencode.c);
+ * returns the action, possibly turned into a denial. */
+int aw_code_event(const char *event, PyObject *args, int action, const char **rule);
+/* An event record with its own encoding limits (the code text of provenance). */
+uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *action,
+                                const char *rule, const aw_limits *lim);
 /* Encode and queue one event record; returns the ticket (0 if dropped). */
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
                          int may_release_gil);

@@ -24,8 +24,21 @@ static long long interp_id(PyThreadState *ts) {
     return interp ? (long long)PyInterpreterState_GetID(interp) : -1;
 }
 
+static uint64_t aw_record_event_with(const char *event, PyObject *args, const char *action,
+                                     const char *rule, const aw_limits *lim, int may_release_gil);
+
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
                          int may_release_gil) {
+    return aw_record_event_with(event, args, action, rule, &aw_default_limits, may_release_gil);
+}
+
+uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *action,
+                                const char *rule, const aw_limits *lim) {
+    return aw_record_event_with(event, args, action, rule, lim, 1);
+}
+
+static uint64_t aw_record_event_with(const char *event, PyObject *args, const char *action,
+                                     const char *rule, const aw_limits *lim, int may_release_gil) {
     aw_writer_ensure();
     PyThreadState *ts = AW_TSTATE();
     char storage[2048];
@@ -45,7 +58,7 @@ uint64_t aw_record_event(const char *event, PyObject *args, const char *action, 
         aw_buf_uint(&b, n);
     }
     aw_buf_puts(&b, ",\"args\":");
-    aw_encode_args(&b, args, &aw_default_limits);
+    aw_encode_args(&b, args, lim);
     aw_buf_puts(&b, ",\"where\":");
     aw_encode_where(&b, ts);
     aw_buf_puts(&b, ",\"action\":\"");
@@ -78,6 +91,7 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
             rule = hit;
         }
     }
+    action = aw_code_event(event, args, action, &rule); /* provenance, PEP 551 policies */
     if (atomic_load_explicit(&aw_probing, memory_order_relaxed) &&
         strcmp(event, "auditwatch.install") == 0) {
         /* The installation probe is on record whatever the table says. */

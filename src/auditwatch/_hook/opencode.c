@@ -1,0 +1,531 @@
+/* Code provenance: the open-code hook, the full text of compiled strings, the main
+ * script, and the policies that need more than an event-table entry (verified code
+ * from a manifest, interactive start-up).
+ *
+ * Three entry points:
+ *  - auditwatch_preinit_config() / auditwatch_opencode_setup(): exported (default
+ *    visibility) for the launcher, which dlopens this extension and calls them
+ *    before Py_Initialize.
+ *  - aw_opencode_hook(): the PyFile_SetOpenCodeHook hook. CPython calls it for every
+ *    file read as code (importlib's source and bytecode reads, zipimport archives,
+ *    .pth files in site, runpy). It reads the file in C, hashes it, records
+ *    `auditwatch.open_code` [path, size, sha256] and returns an io.BytesIO of the
+ *    exact bytes it hashed, so what runs is what is on record (no time-of-check to
+ *    time-of-use gap). In manifest mode a file whose hash is not listed is refused
+ *    with PermissionError naming the file and its hash, after the attempt is recorded
+ *    and flushed.
+ *  - aw_code_event(): called by the audit hook right after the event-table lookup
+ *    (one line in hook.c). For `compile` and `cpython.run_command` it records
+ *    `auditwatch.code` [sha256, nbytes, origin, text|null] with the text up to
+ *    `AUDITWATCH_CODE_MAX` characters (default 262144, bounded by a quarter of the
+ *    ring), once per distinct text per process run (later ones carry null); for
+ *    `cpython.run_file` it hashes the main script (which CPython reads without the
+ *    open-code hook) and applies the manifest; for `cpython.run_stdin` it applies
+ *    the `auditwatch.mode.interactive` / `auditwatch.mode.stdin` table entries,
+ *    telling the REPL (stdin is a terminal) from a piped script.
+ *
+ * Nothing here runs Python code on an event argument or a path handed to the hook:
+ * a str subclass is copied to an exact str in C, paths are encoded in C, files are
+ * read with open/read. The only Python-level objects called are _io.BytesIO, the
+ * same dependency CPython's default open_code has on _io.open.
+ */
+#include "aw.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define AW_EXPORT __attribute__((visibility("default")))
+#define MAX_CODE_FILE ((size_t)1 << 30) /* refuse to hash more than 1 GiB */
+
+/* The table's action for an event name (arguments are not looked at here). */
+static int table_action(const char *event, const char **rule) {
+    aw_decision d;
+    aw_table_lookup(event, &d);
+    *rule = d.rule;
+    return d.action == AW_MONITOR ? AW_FLUSH : d.action;
+}
+
+/* ---- configuration ------------------------------------------------------------ */
+
+static void sent_prepare(void);
+static void sent_release(void);
+static pthread_once_t config_once = PTHREAD_ONCE_INIT;
+static aw_limits code_limits;
+
+static void config_init(void) {
+    Py_ssize_t max = 256 * 1024;
+    const char *env = getenv("AUDITWATCH_CODE_MAX");
+    if (env && *env) {
+        char *end = NULL;
+        long long v = strtoll(env, &end, 10);
+        if (end && *end == '\0' && v >= 0)
+            max = (Py_ssize_t)v;
+    }
+    /* A record must fit the ring with room to spare (a record larger than the ring
+     * cannot be queued at all): the encoder cuts and marks the text past this. */
+    size_t budget = aw_opts.ring_bytes / 4;
+    if (budget < 64 * 1024)
+        budget = 64 * 1024;
+    code_limits = aw_default_limits;
+    code_limits.max_str = max;
+    code_limits.max_bytes = max;
+    code_limits.budget = budget;
+    pthread_atfork(sent_prepare, sent_release, sent_release);
+}
+
+/* ---- manifest ------------------------------------------------------------------- */
+
+static char (*manifest)[65];
+static size_t manifest_n;
+static char manifest_path[1024];
+
+static int hexcmp(const void *a, const void *b) { return strcmp((const char *)a, (const char *)b); }
+
+static int is_hex64(const char *p) {
+    for (int i = 0; i < 64; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* The manifest is JSON written by `auditwatch manifest build`; every string value of
+ * a "sha256" member is an allowed hash. Scanned, not parsed: the hook has no JSON
+ * parser and needs none for a file of this shape. */
+static int manifest_load(const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        snprintf(err, errlen, "cannot read the manifest %.900s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    size_t size = (size_t)st.st_size;
+    char *text = malloc(size + 1);
+    size_t got = 0;
+    while (text && got < size) {
+        ssize_t r = read(fd, text + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (!text || got != size) {
+        free(text);
+        snprintf(err, errlen, "cannot read the manifest %.900s", path);
+        return -1;
+    }
+    text[size] = '\0';
+    size_t cap = 1024, n = 0;
+    char(*list)[65] = malloc(cap * sizeof *list);
+    static const char KEY[] = "\"sha256\"";
+    for (char *p = list ? strstr(text, KEY) : NULL; p; p = strstr(p, KEY)) {
+        p += sizeof KEY - 1;
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
+        if (*p != ':')
+            continue;
+        p++;
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
+        if (*p != '"' || (size_t)(text + size - p) < 66 || !is_hex64(p + 1) || p[65] != '"')
+            continue;
+        if (n == cap) {
+            char(*bigger)[65] = realloc(list, 2 * cap * sizeof *list);
+            if (!bigger)
+                break;
+            list = bigger;
+            cap *= 2;
+        }
+        memcpy(list[n], p + 1, 64);
+        list[n][64] = '\0';
+        n++;
+        p += 66;
+    }
+    free(text);
+    if (!list || n == 0) {
+        free(list);
+        snprintf(err, errlen, "the manifest %.900s lists no sha256 hashes", path);
+        return -1;
+    }
+    qsort(list, n, sizeof *list, hexcmp);
+    manifest = list;
+    manifest_n = n;
+    snprintf(manifest_path, sizeof manifest_path, "%s", path);
+    return 0;
+}
+
+static int manifest_allows(const char *hex) {
+    return manifest == NULL || bsearch(hex, manifest, manifest_n, sizeof *manifest, hexcmp) != NULL;
+}
+
+/* ---- reading a file in C ---------------------------------------------------------- */
+
+/* Read a whole regular file; 0, or an errno value. Runs without the GIL. */
+static int read_file(const char *path, char **data, size_t *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return EISDIR;
+    }
+    size_t cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 65536;
+    if (cap > MAX_CODE_FILE) {
+        close(fd);
+        return EFBIG;
+    }
+    char *buf = malloc(cap);
+    size_t len = 0;
+    int rc = 0;
+    while (buf) {
+        if (len == cap) {
+            if (cap >= MAX_CODE_FILE) {
+                rc = EFBIG;
+                break;
+            }
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) {
+                rc = ENOMEM;
+                break;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = errno;
+            break;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    if (!buf)
+        return ENOMEM;
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *data = buf;
+    *size = len;
+    return 0;
+}
+
+/* Path str (any str subclass) -> exact str copy and file-system bytes, in C only. */
+static int path_arg(PyObject *path, PyObject **exact, PyObject **fs) {
+    if (path == NULL || !PyUnicode_Check(path)) {
+        PyErr_Format(PyExc_TypeError, "'path' must be 'str', not '%.200s'",
+                     path ? Py_TYPE(path)->tp_name : "NULL");
+        return -1;
+    }
+    *exact = PyUnicode_FromObject(path); /* exact str: a copy for subclasses, no Python code */
+    if (*exact == NULL)
+        return -1;
+    *fs = PyUnicode_EncodeFSDefault(*exact);
+    if (*fs == NULL) {
+        Py_CLEAR(*exact);
+        return -1;
+    }
+    if (strlen(PyBytes_AS_STRING(*fs)) != (size_t)PyBytes_GET_SIZE(*fs)) {
+        Py_CLEAR(*exact);
+        Py_CLEAR(*fs);
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return -1;
+    }
+    return 0;
+}
+
+static __thread char deny_rule[1400];
+
+/* Record a code file; returns AW_DENY (rule in deny_rule, already flushed) when the
+ * manifest refuses it, else the table's action. */
+static int record_code_file(PyObject *exact, size_t size, const char *hex) {
+    const char *rule = NULL;
+    int action = table_action("auditwatch.open_code", &rule);
+    if (!manifest_allows(hex)) {
+        snprintf(deny_rule, sizeof deny_rule, "manifest %.900s", manifest_path);
+        action = AW_DENY;
+        rule = deny_rule;
+    }
+    if (action == AW_IGNORE)
+        return action;
+    static const char *NAMES[] = {"ignore", "record", "flush", "deny"};
+    PyObject *args = Py_BuildValue("(Ons)", exact, (Py_ssize_t)size, hex);
+    if (args == NULL) {
+        PyErr_Clear();
+        return action;
+    }
+    uint64_t ticket =
+        aw_record_event_limits("auditwatch.open_code", args, NAMES[action], action == AW_DENY ? rule : NULL,
+                           &aw_default_limits);
+    Py_DECREF(args);
+    if (action >= AW_FLUSH)
+        aw_ring_flush(ticket, aw_opts.flush_timeout, 1);
+    return action;
+}
+
+/* ---- the open-code hook ------------------------------------------------------------- */
+
+static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
+    (void)userdata;
+    PyObject *exact = NULL, *fs = NULL, *result = NULL;
+    if (path_arg(path, &exact, &fs) < 0)
+        return NULL;
+    char *data = NULL;
+    size_t size = 0;
+    int err;
+    const char *cpath = PyBytes_AS_STRING(fs);
+    Py_BEGIN_ALLOW_THREADS
+    err = read_file(cpath, &data, &size);
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exact);
+        goto done;
+    }
+    char hex[65];
+    aw_sha256_hex(data, size, hex);
+    int action = record_code_file(exact, size, hex);
+    if (action == AW_DENY) {
+        if (manifest_allows(hex))
+            PyErr_Format(PyExc_PermissionError, "auditwatch: opening %U as code denied by '%.200s'",
+                         exact, "auditwatch.open_code");
+        else
+            PyErr_Format(PyExc_PermissionError,
+                         "auditwatch: %U (sha256 %s) is not in the manifest %s: refused to open it "
+                         "as code",
+                         exact, hex, manifest_path);
+        goto done;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
+    if (bytes == NULL)
+        goto done;
+    PyObject *io = PyImport_ImportModuleLevel("_io", NULL, NULL, NULL, 0);
+    if (io != NULL) {
+        PyObject *bytesio = PyObject_GetAttrString(io, "BytesIO");
+        if (bytesio != NULL) {
+            result = PyObject_CallFunctionObjArgs(bytesio, bytes, NULL);
+            Py_DECREF(bytesio);
+        }
+        Py_DECREF(io);
+    }
+    Py_DECREF(bytes);
+done:
+    free(data);
+    Py_XDECREF(exact);
+    Py_XDECREF(fs);
+    return result;
+}
+
+static atomic_int opencode_set;
+
+/* Register the open-code hook (before Py_Initialize, or later from the module).
+ * manifest: NULL or "" for none. 0, or -1 with a message in err. */
+int aw_opencode_install(const char *manifest_file, char *err, size_t errlen) {
+    pthread_once(&config_once, config_init);
+    if (manifest_file && *manifest_file && manifest == NULL &&
+        manifest_load(manifest_file, err, errlen) < 0)
+        return -1;
+    if (atomic_exchange(&opencode_set, 1))
+        return 0;
+    if (PyFile_SetOpenCodeHook(aw_opencode_hook, NULL) < 0) {
+        if (Py_IsInitialized())
+            PyErr_Clear();
+        snprintf(err, errlen, "another open-code hook is already installed");
+        return -1;
+    }
+    return 0;
+}
+
+int aw_opencode_installed(void) { return atomic_load(&opencode_set); }
+
+/* ---- for the launcher (dlsym) ----------------------------------------------------- */
+
+/* Like auditwatch_preinit, with the configuration given (each NULL = from the
+ * environment: AUDITWATCH_SINK, _EVENTS, _OPTIONS, _DENY). */
+AW_EXPORT int auditwatch_preinit_config(const char *sink, const char *events, const char *options,
+                                        const char *deny, char *err, size_t errlen) {
+    return aw_install("pre-init", sink, events, options, deny, err, errlen) == 0 ? 0 : -1;
+}
+
+AW_EXPORT int auditwatch_opencode_setup(const char *manifest_file, char *err, size_t errlen) {
+    return aw_opencode_install(manifest_file, err, errlen);
+}
+
+/* ---- compiled texts ------------------------------------------------------------------ */
+
+#define SENT_SLOTS 8192 /* power of two */
+static uint64_t sent[SENT_SLOTS];
+static int sent_n;
+static pthread_mutex_t sent_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* 1 when this text (by hash) was already sent whole by this process run. */
+static int seen_before(const char *hex) {
+    uint64_t key = 0;
+    for (int i = 0; i < 16; i++)
+        key = key << 4 | (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    if (key == 0)
+        key = 1;
+    int seen = 0;
+    pthread_mutex_lock(&sent_mu);
+    for (uint64_t i = key & (SENT_SLOTS - 1), probes = 0; probes < SENT_SLOTS;
+         i = (i + 1) & (SENT_SLOTS - 1), probes++) {
+        if (sent[i] == key) {
+            seen = 1;
+            break;
+        }
+        if (sent[i] == 0) {
+            if (sent_n < SENT_SLOTS / 2) {
+                sent[i] = key;
+                sent_n++;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sent_mu);
+    return seen;
+}
+
+/* A forked child keeps the set (its parent's texts are in the same code store) but
+ * must not inherit a locked mutex. */
+static void sent_prepare(void) { pthread_mutex_lock(&sent_mu); }
+static void sent_release(void) { pthread_mutex_unlock(&sent_mu); }
+
+/* Record the text of source (str, bytes or bytearray). */
+static void record_code_text(PyObject *source, PyObject *origin) {
+    const char *data = NULL;
+    Py_ssize_t n = 0;
+    PyObject *encoded = NULL;
+    if (PyUnicode_Check(source)) {
+        /* Pure C for str and its subclasses; lone surrogates are kept (surrogatepass)
+         * so the hash is of exactly the characters compiled. */
+        encoded = PyUnicode_AsEncodedString(source, "utf-8", "surrogatepass");
+        if (encoded == NULL) {
+            PyErr_Clear();
+            return;
+        }
+        data = PyBytes_AS_STRING(encoded);
+        n = PyBytes_GET_SIZE(encoded);
+    } else if (PyBytes_Check(source)) {
+        data = PyBytes_AS_STRING(source);
+        n = PyBytes_GET_SIZE(source);
+    } else if (PyByteArray_Check(source)) {
+        data = PyByteArray_AS_STRING(source);
+        n = PyByteArray_GET_SIZE(source);
+    } else {
+        return; /* an AST object or None: the compile record describes it */
+    }
+    char hex[65];
+    aw_sha256_hex(data, (size_t)n, hex);
+    int again = seen_before(hex);
+    PyObject *args = Py_BuildValue("(snOO)", hex, n, origin ? origin : Py_None,
+                                   again ? Py_None : source);
+    Py_XDECREF(encoded);
+    if (args == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    const char *rule = NULL;
+    int action = table_action("auditwatch.code", &rule);
+    if (action != AW_IGNORE) {
+        static const char *NAMES[] = {"ignore", "record", "flush", "flush"};
+        uint64_t ticket = aw_record_event_limits("auditwatch.code", args, NAMES[action], NULL, &code_limits);
+        if (action >= AW_FLUSH)
+            aw_ring_flush(ticket, aw_opts.flush_timeout, 1);
+    }
+    Py_DECREF(args);
+}
+
+/* The main script: CPython opens it without the open-code hook. */
+static int main_script(PyObject *filename) {
+    PyObject *exact = NULL, *fs = NULL;
+    if (path_arg(filename, &exact, &fs) < 0) {
+        PyErr_Clear();
+        return AW_RECORD;
+    }
+    char *data = NULL;
+    size_t size = 0;
+    int err;
+    const char *cpath = PyBytes_AS_STRING(fs);
+    Py_BEGIN_ALLOW_THREADS
+    err = read_file(cpath, &data, &size);
+    Py_END_ALLOW_THREADS
+    int action = AW_RECORD;
+    if (err == 0) {
+        char hex[65];
+        aw_sha256_hex(data, size, hex);
+        free(data);
+        if (record_code_file(exact, size, hex) == AW_DENY && !manifest_allows(hex)) {
+            PyObject *u = PyUnicode_AsUTF8String(exact);
+            if (u == NULL)
+                PyErr_Clear();
+            /* Hash and file first: the hook's message keeps the rule's first 200 bytes. */
+            snprintf(deny_rule, sizeof deny_rule, "sha256 %s of %.600s is not in manifest %.600s",
+                     hex, u ? PyBytes_AS_STRING(u) : "?", manifest_path);
+            Py_XDECREF(u);
+            action = AW_DENY;
+        }
+    }
+    Py_DECREF(exact);
+    Py_DECREF(fs);
+    return action;
+}
+
+int aw_code_event(const char *event, PyObject *args, int action, const char **rule) {
+    /* Cheap exit for everything but compile and cpython.run_*. */
+    if (event[0] != 'c' || action == AW_IGNORE || args == NULL || !PyTuple_Check(args))
+        return action;
+    int is_compile = strcmp(event, "compile") == 0;
+    if (!is_compile && strncmp(event, "cpython.run_", 12) != 0)
+        return action;
+    pthread_once(&config_once, config_init);
+    PyThreadState *ts = AW_TSTATE();
+    if (ts == NULL)
+        return action;
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (PyErr_Occurred())
+        PyErr_Fetch(&et, &ev, &etb);
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    const char *what = event + 12;
+    if (is_compile && nargs >= 1) {
+        record_code_text(PyTuple_GET_ITEM(args, 0), nargs >= 2 ? PyTuple_GET_ITEM(args, 1) : NULL);
+    } else if (strcmp(what, "command") == 0 && nargs >= 1) {
+        PyObject *origin = PyUnicode_FromString("-c");
+        record_code_text(PyTuple_GET_ITEM(args, 0), origin);
+        Py_XDECREF(origin);
+    } else if (strcmp(what, "file") == 0 && nargs >= 1) {
+        if (main_script(PyTuple_GET_ITEM(args, 0)) == AW_DENY) {
+            action = AW_DENY;
+            *rule = deny_rule;
+        }
+    } else if (strcmp(what, "stdin") == 0) {
+        const char *mode = isatty(0) ? "auditwatch.mode.interactive" : "auditwatch.mode.stdin";
+        const char *mode_rule = NULL;
+        if (table_action(mode, &mode_rule) == AW_DENY) {
+            action = AW_DENY;
+            *rule = mode_rule;
+        }
+    }
+    PyErr_Clear();
+    if (et || ev || etb)
+        PyErr_Restore(et, ev, etb);
+    return action;
+}

@@ -1,0 +1,143 @@
+"""auditwatch install / uninstall / doctor: always on, and exactly undone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from helpers import launcher_path, read_records
+
+AUDITWATCH = shutil.which("auditwatch", path=os.path.dirname(sys.executable)) or "auditwatch"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+def aw(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([AUDITWATCH, *args], env=clean_env(), capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture
+def env_dir(tmp_path) -> Path:
+    """A new environment with auditwatch in it (copied from this one: no pip, no build)."""
+    root = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = Path(sysconfig.get_path("purelib"))
+    (target,) = (root / "lib").glob("python*/site-packages")
+    shutil.copytree(site / "auditwatch", target / "auditwatch")
+    shutil.copy2(site / "auditwatch.pth", target / "auditwatch.pth")
+    shutil.copy2(launcher_path(), root / "bin" / "auditwatch-python")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file of the tree by content (symlinks by target), with its mode."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                out[rel] = f"{st.st_mode:o}:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                out[rel] = f"dir:{st.st_mode:o}"
+    return out
+
+
+def test_install_uninstall_round_trip_with_launcher(tmp_path, env_dir):
+    before = snapshot(env_dir)
+    records = tmp_path / "records.jsonl"
+    aw("install", "--venv", str(env_dir), "--launcher", "--sink", f"file:{records}", "--deny-hooks")
+    python = env_dir / "bin" / "python"
+    assert python.read_bytes() == launcher_path().read_bytes()
+    assert (env_dir / "auditwatch.conf").exists()
+    # no AUDITWATCH_* variables: the installed config is enough, -S included
+    code = (
+        "import subprocess, sys; subprocess.run([sys.executable, '-S', '-c', 'pass'], check=True)"
+    )
+    p = subprocess.run([str(python), "-c", code], env=clean_env(), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    starts = [r for r in read_records(records) if r["kind"] == "start"]
+    assert len(starts) == 2 and {s["installed"] for s in starts} == {"pre-init"}
+    child = next(s for s in starts if s["parent_run"])
+    assert "-S" in child["proc"]["argv"]
+    # python3 is a symlink to python: audited the same way
+    p = subprocess.run([str(env_dir / "bin" / "python3"), "-I", "-c", "pass"], env=clean_env())
+    assert p.returncode == 0
+    assert len([r for r in read_records(records) if r["kind"] == "start"]) == 3
+    aw("uninstall", "--venv", str(env_dir))
+    assert snapshot(env_dir) == before
+
+
+def test_install_without_launcher_uses_the_bootstrap(tmp_path, env_dir):
+    before = snapshot(env_dir)
+    records = tmp_path / "records.jsonl"
+    aw("install", "--venv", str(env_dir), "--sink", f"file:{records}")
+    python = env_dir / "bin" / "python"
+    assert python.is_symlink()  # untouched
+    p = subprocess.run([str(python), "-c", "pass"], env=clean_env())
+    assert p.returncode == 0
+    (start,) = [r for r in read_records(records) if r["kind"] == "start"]
+    assert start["installed"] == "site"
+    aw("uninstall", "--venv", str(env_dir))
+    assert snapshot(env_dir) == before
+
+
+def test_doctor_reports_how_and_what_is_not_covered(tmp_path, env_dir):
+    d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
+    assert d["how"].startswith("on demand") and d["new_process"]["installed"] is None
+    aw("install", "--venv", str(env_dir), "--launcher", "--sink", f"file:{tmp_path / 'r.jsonl'}")
+    d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
+    assert d["python_is_launcher"] and d["new_process"]["installed"] == "pre-init"
+    assert any("-S" in line for line in d["covered"])
+    assert any("non-Python programs" in line for line in d["not_covered"])
+    assert any("native code" in line for line in d["not_covered"])
+    text = aw("doctor", "--venv", str(env_dir)).stdout
+    assert "not covered:" in text
+    aw("uninstall", "--venv", str(env_dir))
+
+
+def test_a_broken_config_stops_processes_instead_of_running_unaudited(tmp_path, env_dir):
+    aw("install", "--venv", str(env_dir), "--launcher", "--sink", f"file:{tmp_path / 'r.jsonl'}")
+    conf = env_dir / "auditwatch.conf"
+    saved = conf.read_bytes()
+    conf.write_text("sink = nowhere:at-all\n")
+    p = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", "print(1)"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 70 and p.stdout == ""
+    conf.write_bytes(saved)
+    aw("uninstall", "--venv", str(env_dir))
+
+
+def test_install_refuses_twice_and_manifest_without_launcher(tmp_path, env_dir):
+    sink = f"file:{tmp_path / 'r.jsonl'}"
+    m = tmp_path / "m.json"
+    m.write_text("{}")
+    p = aw("install", "--venv", str(env_dir), "--sink", sink, "--manifest", str(m), check=False)
+    assert p.returncode != 0 and "--launcher" in p.stderr
+    aw("install", "--venv", str(env_dir), "--sink", sink)
+    p = aw("install", "--venv", str(env_dir), "--sink", sink, check=False)
+    assert p.returncode != 0 and "already installed" in p.stderr
+    aw("uninstall", "--venv", str(env_dir))

@@ -1,0 +1,145 @@
+"""Every piece of code that ran is on record with where it came from."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import sysconfig
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from auditwatch.collector.codestore import CodeStore, decode_text
+from helpers import Audited, arg_text, run_launched
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def store(tmp_path: Path, a: Audited) -> tuple[CodeStore, dict]:
+    cs = CodeStore(tmp_path / "codes")
+    for r in a.records:
+        cs.accept(b"", r, None)
+    return cs, cs.finish()
+
+
+def opened(a: Audited) -> dict[str, dict]:
+    return {arg_text(r["args"][0]): r for r in a.events("auditwatch.open_code")}
+
+
+def texts(a: Audited) -> dict[str, dict]:
+    """The first auditwatch.code record of each text (later ones carry no text)."""
+    first: dict[str, dict] = {}
+    for r in a.events("auditwatch.code"):
+        first.setdefault(r["args"][0], r)
+    return first
+
+
+@pytest.fixture
+def pth_file():
+    """A .pth file in this environment's site-packages that runs code at start-up."""
+    path = Path(sysconfig.get_path("purelib")) / "zz_auditwatch_test_provenance.pth"
+    line = "import os; os.environ['AW_PTH_RAN'] = 'yes'\n"
+    path.write_text(line)
+    yield path, line
+    path.unlink()
+
+
+def test_pth_file_that_runs_code(tmp_path, pth_file):
+    path, line = pth_file
+    a = run_launched(tmp_path, "-c", "import os; print(os.environ.get('AW_PTH_RAN'))")
+    assert a.proc.stdout == "yes\n"
+    rec = opened(a)[str(path)]
+    assert rec["args"][1:] == [len(line), sha(line.encode())]
+    # the line site executed (with its newline before 3.13): text and hash, stored
+    executed = next(t for t in (line, line.rstrip("\n")) if sha(t.encode()) in texts(a))
+    code = texts(a)[sha(executed.encode())]
+    assert decode_text(code["args"][3]) == (executed.encode(), False)
+    cs, prov = store(tmp_path, a)
+    assert (cs.directory / sha(executed.encode())).read_text() == executed
+    assert any(f["path"] == str(path) for f in prov["files"])
+
+
+def test_module_imported_from_a_zip(tmp_path):
+    source = "VALUE = 'from the zip'\n"
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zmod.py", source)
+    code = f"import sys; sys.path.insert(0, {str(archive)!r}); import zmod; print(zmod.VALUE)"
+    a = run_launched(tmp_path, "-B", "-c", code)
+    assert a.proc.stdout == "from the zip\n"
+    rec = opened(a)[str(archive)]
+    assert rec["args"][2] == sha(archive.read_bytes())
+    assert decode_text(texts(a)[sha(source.encode())]["args"][3]) == (source.encode(), False)
+    cs, prov = store(tmp_path, a)
+    (item,) = [e for e in prov["executed"] if e["file"] == str(archive / "zmod.py")]
+    assert item["origin"] == "zip" and item["archive_sha256"] == sha(archive.read_bytes())
+    assert (cs.directory / sha(source.encode())).read_text() == source
+
+
+class Serve(http.server.BaseHTTPRequestHandler):
+    body = b"import sys\nDOWNLOADED = 6 * 7\nprint('ran', DOWNLOADED)\n"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_string_downloaded_and_executed(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), Serve)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/payload"
+        code = f"import urllib.request; exec(urllib.request.urlopen({url!r}).read())"
+        a = run_launched(tmp_path, "-c", code)
+    finally:
+        server.shutdown()
+    assert a.proc.stdout == "ran 42\n"
+    digest = sha(Serve.body)
+    rec = texts(a)[digest]
+    assert rec["args"][1] == len(Serve.body)
+    assert rec["args"][3] == {"$": "bytes", "len": len(Serve.body), "text": Serve.body.decode()}
+    cs, prov = store(tmp_path, a)
+    assert (cs.directory / digest).read_bytes() == Serve.body
+    (entry,) = [t for t in prov["texts"] if t["sha256"] == digest]
+    assert entry["stored"] and entry["origin"] == "<string>"
+    # the -c command itself is on record too
+    assert texts(a)[sha(code.encode() + b"\n")]["args"][2] == "-c"
+
+
+def test_same_text_is_sent_once_per_process(tmp_path):
+    a = run_launched(tmp_path, "-c", "for i in range(3): exec('x = 1')")
+    recs = [r for r in a.events("auditwatch.code") if r["args"][0] == sha(b"x = 1")]
+    assert [r["args"][3] is None for r in recs] == [False, True, True]
+
+
+def test_code_cap_marks_the_cut(tmp_path):
+    big = "x = 1\n" * 5000
+    a = run_launched(tmp_path, "-c", f"exec({big!r})", AUDITWATCH_CODE_MAX="1000")
+    rec = texts(a)[sha(big.encode())]
+    assert rec["args"][3]["trunc"] is True and rec["args"][3]["len"] == len(big)
+    _, prov = store(tmp_path, a)
+    (entry,) = [t for t in prov["texts"] if t["sha256"] == sha(big.encode())]
+    assert not entry["stored"] and "cut" in entry["reason"]
+
+
+def test_main_script_and_builtin_modules(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text("import sys, _imp\nprint('main')\n")
+    a = run_launched(tmp_path, str(script))
+    rec = opened(a)[str(script)]
+    assert rec["args"][2] == sha(script.read_bytes())
+    _, prov = store(tmp_path, a)
+    modules = {m["module"]: m["how"] for m in prov["imports_without_code_read"]}
+    assert modules.get("_imp", "built-in") == "built-in"
+    origins = {e["origin"] for e in prov["executed"]}
+    assert "file" in origins
