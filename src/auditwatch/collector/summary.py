@@ -126,9 +126,12 @@ class Summary:
         if record.get("action") == "deny":
             self.denied.append({"run": info.run, "event": event, "rule": record.get("rule")})
         if event == "open" and _is_write(plain(arg(record, 1)), plain(arg(record, 2))):
-            path = arg(record, 0)
-            key = text(path) if text(path) is not None else f"fd {plain(path)}"
-            if key in self.files_written or len(self.files_written) < LIST_CAP:
+            # open() of an int wraps a descriptor that is already open (stdout at
+            # start-up): no file is opened, so it is not listed.
+            key = text(arg(record, 0))
+            if key is not None and (
+                key in self.files_written or len(self.files_written) < LIST_CAP
+            ):
                 self.files_written[key] += 1
         elif (
             event in SPAWN_EVENTS
