@@ -57,6 +57,13 @@ MODE_SETUP = {
         "import auditwatch.runtime as r; "
         "r.start(sink='file:' + OUT, events='deny:bench.event', children=False)"
     ),
+    # A deny rule on the event whose argument test does not match: the event is
+    # recorded as usual, plus the native deny check.
+    "aw-denycheck": (
+        "import auditwatch.runtime as r; "
+        "r.start(sink='file:' + OUT, children=False, "
+        "deny='rule\\tenforce\\tbench.event\\t0:prefix:/etc/')"
+    ),
     "aw-flush": (
         "import auditwatch.runtime as r; "
         "r.start(sink='file:' + OUT, events='flush:bench.event', children=False)"
@@ -153,6 +160,7 @@ def bench_events(rounds: int, n: int) -> dict[str, list[float]]:
         "pyjson": ("pyjson", EVENT_LOOP),
         "ignored": ("aw-ignore", EVENT_LOOP),
         "recorded": ("aw-default", EVENT_LOOP),
+        "deny-checked": ("aw-denycheck", EVENT_LOOP),
         "flushed": ("aw-flush", EVENT_LOOP),
         "denied": ("aw-deny", DENY_LOOP),
         "nullhook+raise": ("nullhook", DENY_LOOP),
@@ -270,6 +278,7 @@ def event_table(res: dict[str, list[float]]) -> str:
         ("nullhook", "empty C hook (floor)"),
         ("ignored", "auditwatch, ignored event"),
         ("recorded", "auditwatch, recorded event"),
+        ("deny-checked", "auditwatch, recorded + deny rule checked"),
         ("flushed", "auditwatch, flushed (indicator)"),
         ("pyjson", "Python hook writing JSON"),
         ("nullhook+raise", "empty C hook, try/except loop"),

@@ -59,13 +59,26 @@ def run_audited(
     **extra: str,
 ) -> Audited:
     """Run ``python -c code`` with auditing asked for through the environment."""
+    argv = [sys.executable, "-c", textwrap.dedent(code), *args]
+    return run_argv(
+        tmp_path, argv, events=events, options=options, timeout=timeout, check=check, **extra
+    )
+
+
+def run_argv(
+    tmp_path: Path,
+    argv: list[str],
+    events: str = "",
+    options: str = "",
+    input: str | None = None,
+    timeout: float = 120,
+    check: bool = True,
+    **extra: str,
+) -> Audited:
+    """Run a command with auditing asked for through the environment; its records."""
     env = audit_env(tmp_path, events, options, **extra)
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        argv, env=env, input=input, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -93,20 +106,16 @@ def run_launched(
     **extra: str,
 ) -> Audited:
     """Run ``auditwatch-python ARGS`` with auditing asked for through the environment."""
-    env = audit_env(tmp_path, events, options, **extra)
-    proc = subprocess.run(
+    return run_argv(
+        tmp_path,
         [str(launcher_path()), *args],
-        env=env,
+        events=events,
+        options=options,
         input=input,
-        capture_output=True,
-        text=True,
         timeout=timeout,
+        check=check,
+        **extra,
     )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        )
-    return Audited(proc, read_records(tmp_path / "records.jsonl"))
 
 
 def arg_text(value: object) -> object:

@@ -53,6 +53,17 @@ def slow_acker(path: str, delay: float, answer: bool, seen: list[bytes]) -> sock
     return server
 
 
+def run_code(env: dict) -> list[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CODE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+
+
 CODE = """\
 import sys, time
 from auditwatch import _hook
@@ -68,15 +79,7 @@ def test_indicator_waits_for_the_collectors_ack(tmp_path):
     sock = str(tmp_path / "c.sock")
     seen: list[bytes] = []
     server = slow_acker(sock, delay=0.5, answer=True, seen=seen)
-    env = audit_env(tmp_path, AUDITWATCH_SINK=f"unix:{sock}")
-    out = subprocess.run(
-        [sys.executable, "-c", CODE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    out = run_code(audit_env(tmp_path, AUDITWATCH_SINK=f"unix:{sock}"))
     server.close()
     assert float(out[0]) >= 0.5 and out[1] == "0"
     lines = [json.loads(x) for x in seen]
@@ -88,15 +91,7 @@ def test_indicator_waits_for_the_collectors_ack(tmp_path):
 def test_unacknowledged_indicator_is_spooled_and_counted(tmp_path):
     sock = str(tmp_path / "c.sock")
     server = slow_acker(sock, delay=0, answer=False, seen=[])
-    env = audit_env(tmp_path, options="flush_timeout=0.3", AUDITWATCH_SINK=f"unix:{sock}")
-    out = subprocess.run(
-        [sys.executable, "-c", CODE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    out = run_code(audit_env(tmp_path, options="flush_timeout=0.3", AUDITWATCH_SINK=f"unix:{sock}"))
     server.close()
     assert 0.3 <= float(out[0]) < 5 and out[1] == "1"
     (spool,) = (tmp_path / "spool").glob("*.jsonl")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import sys
 
-_ENV_KEYS = ("AUDITWATCH_SINK", "AUDITWATCH_EVENTS", "AUDITWATCH_OPTIONS")
+_ENV_KEYS = ("AUDITWATCH_SINK", "AUDITWATCH_EVENTS", "AUDITWATCH_OPTIONS", "AUDITWATCH_DENY")
 EX_SOFTWARE = 70
 
 
@@ -139,13 +139,15 @@ def start(
     options: str | None = None,
     out: str = ".auditwatch",
     children: bool = True,
+    deny: str | None = None,
 ) -> str:
     """Start recording this process from now on; returns the run id.
 
     Records say ``installed: late``: everything before this call is not on record.
     Without a sink (argument or ``AUDITWATCH_SINK``) records are appended to
     ``OUT/records.jsonl``. With ``children`` (the default) the environment is set so
-    that Python children are audited too.
+    that Python children are audited too. ``deny`` takes native deny rules in the
+    AUDITWATCH_DENY format (``auditwatch.rules.native.encode_native``).
     """
     from auditwatch import _hook
 
@@ -155,12 +157,13 @@ def start(
         sink = "file:" + os.path.abspath(os.path.join(out, "records.jsonl"))
         spool = os.path.abspath(os.path.join(out, "spool"))
         options = f"spool={spool};{options}" if options else f"spool={spool}"
-    run = _hook.install("late", sink, events, options)
+    run = _hook.install("late", sink, events, options, deny)
     if children:
         values = {
             "AUDITWATCH_SINK": sink,
             "AUDITWATCH_EVENTS": events,
             "AUDITWATCH_OPTIONS": options,
+            "AUDITWATCH_DENY": deny,
         }
         for key in _ENV_KEYS:
             if values[key] is not None:
