@@ -25,6 +25,9 @@
 
 #define MAX_RULES 256
 #define MAX_TESTS 8
+/* Argument bytes a test looks at: hostile code can pass huge strings, and no path or
+ * host is this long (a glob anchored at the end may miss past it: documented). */
+#define MAX_VALUE (1 << 20)
 
 enum { OP_EQ, OP_PREFIX, OP_GLOB, OP_CIDR };
 
@@ -227,6 +230,8 @@ static int arg_bytes(PyObject *o, aw_buf *b) {
         int kind = PyUnicode_KIND(o);
         const void *data = PyUnicode_DATA(o);
         Py_ssize_t n = PyUnicode_GET_LENGTH(o);
+        if (n > MAX_VALUE)
+            n = MAX_VALUE;
         if (aw_buf_reserve(b, (size_t)n * 4) < 0)
             return -1;
         char *d = b->p + b->len;
@@ -251,12 +256,11 @@ static int arg_bytes(PyObject *o, aw_buf *b) {
         b->len = (size_t)(d - b->p);
         return 0;
     }
-    if (PyBytes_Check(o)) {
-        aw_buf_put(b, PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
-        return b->oom ? -1 : 0;
-    }
-    if (PyByteArray_Check(o)) {
-        aw_buf_put(b, PyByteArray_AS_STRING(o), (size_t)PyByteArray_GET_SIZE(o));
+    if (PyBytes_Check(o) || PyByteArray_Check(o)) {
+        int is_bytes = PyBytes_Check(o);
+        size_t n = (size_t)(is_bytes ? PyBytes_GET_SIZE(o) : PyByteArray_GET_SIZE(o));
+        aw_buf_put(b, is_bytes ? PyBytes_AS_STRING(o) : PyByteArray_AS_STRING(o),
+                   n > MAX_VALUE ? MAX_VALUE : n);
         return b->oom ? -1 : 0;
     }
     if (PyLong_CheckExact(o)) {
