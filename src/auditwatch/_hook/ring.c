@@ -51,6 +51,13 @@ static struct {
 
 static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* Acknowledgement state (see "acknowledgements" below): writer thread only. */
+static aw_buf unacked; /* whole lines sent but not yet confirmed */
+static uint64_t unacked_seq, acked_seq, ack_asked_seq;
+static long long ack_asked_ns;
+static char ack_pending[256];
+static size_t ack_pending_len;
+
 /* Sink state: touched by the writer thread only (and by fork/exit with it stopped). */
 static struct {
     int fd, spool_fd;
@@ -263,6 +270,7 @@ static int sink_open(void) {
     }
     if (adopt_fd(fd, &S.fd) < 0)
         return -1;
+    ack_pending_len = 0; /* a new connection: nothing half-read from the old one */
     set_sink_state(1);
     return 0;
 }
@@ -370,6 +378,8 @@ static int spool_write(const char *p, size_t n) {
     return -1;
 }
 
+static void give_up_connection(void);
+
 /* Write a batch of complete lines to the sink, else to the spool file. */
 static int sink_write(const char *p, size_t n, uint64_t records) {
     int where = TO_NOWHERE;
@@ -382,7 +392,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
             /* A partial line may have reached the collector; the spool gets the
              * whole batch, and the collector de-duplicates by (run, seq). */
             set_sink_error("write", aw_opts.sink);
-            close_sink();
+            give_up_connection();
         }
     }
     if (where == TO_NOWHERE && spool_write(p, n) == 0)
@@ -404,57 +414,124 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
     return where;
 }
 
-/* Indicator acknowledgement: ask the collector to confirm it has stored every record
- * up to seq, and wait for the answer (bounded by flush_timeout). Returns 0 when
- * acknowledged. */
-static int await_ack(uint64_t seq) {
-    static char pending[256];
-    static size_t pending_len;
+/* ---- acknowledgements ----------------------------------------------------------
+ * A record the kernel accepted has not necessarily been stored: the collector may
+ * die with it in its socket buffer or in an uncommitted batch. So every batch sent
+ * is kept (the "unacked" buffer) until the collector confirms it stored everything
+ * up to the batch's last seq. The writer asks for that now and then (every
+ * ACK_EVERY_BYTES or ACK_EVERY_NS), at once after an indicator, and at exit. If the
+ * connection fails, what was never confirmed goes to the spool file ahead of the
+ * new records, and is replayed from there; the collector drops what it already has. */
+
+#define UNACKED_MAX ((size_t)8 << 20)
+#define ACK_EVERY_BYTES ((size_t)256 << 10)
+#define ACK_EVERY_NS 100000000LL
+
+
+/* Take the acks the collector has sent so far (waiting up to timeout_ms for one);
+ * -1 when the connection is gone. */
+static int read_acks(int timeout_ms) {
+    struct pollfd pfd = {S.fd, POLLIN, 0};
+    int r = poll(&pfd, 1, timeout_ms);
+    if (r < 0)
+        return errno == EINTR ? 0 : -1;
+    if (r == 0)
+        return 0;
+    if (ack_pending_len >= sizeof ack_pending - 1)
+        ack_pending_len = 0; /* not an ack stream: discard */
+    ssize_t got =
+        recv(S.fd, ack_pending + ack_pending_len, sizeof ack_pending - 1 - ack_pending_len, 0);
+    if (got < 0)
+        return errno == EINTR || errno == EAGAIN ? 0 : -1;
+    if (got == 0)
+        return -1;
+    ack_pending_len += (size_t)got;
+    ack_pending[ack_pending_len] = '\0';
+    char *line = ack_pending, *nl;
+    while ((nl = strchr(line, '\n')) != NULL) {
+        *nl = '\0';
+        const char *at = strstr(line, "\"ack\":");
+        if (at) {
+            uint64_t v = strtoull(at + 6, NULL, 10);
+            if (v > acked_seq)
+                acked_seq = v;
+        }
+        line = nl + 1;
+    }
+    ack_pending_len = (size_t)(ack_pending + ack_pending_len - line);
+    memmove(ack_pending, line, ack_pending_len);
+    if (acked_seq >= unacked_seq)
+        unacked.len = 0;
+    return 0;
+}
+
+static int ask_ack(uint64_t seq) {
     char ctl[64];
     int n = snprintf(ctl, sizeof ctl, "{\"ctl\":\"ack\",\"seq\":%llu}\n", (unsigned long long)seq);
-    if (write_all(S.fd, ctl, (size_t)n, 1) < 0) {
-        close_sink();
+    if (write_all(S.fd, ctl, (size_t)n, 1) < 0)
+        return -1;
+    ack_asked_seq = seq;
+    ack_asked_ns = monotonic_ns();
+    return 0;
+}
+
+/* The connection is gone or stuck: what it never confirmed goes to the spool. */
+static void give_up_connection(void) {
+    close_sink();
+    if (unacked.len)
+        spool_write(unacked.p, unacked.len);
+    unacked.len = 0;
+    set_sink_state(2);
+}
+
+/* Ask for an ack of everything sent so far and wait for it (bounded by
+ * flush_timeout). 0 when confirmed. */
+static int await_ack(uint64_t seq) {
+    if (S.fd < 0)
+        return -1;
+    if (ask_ack(seq) < 0) {
+        give_up_connection();
         return -1;
     }
     long long deadline = monotonic_ns() + (long long)(aw_opts.flush_timeout * 1e9);
-    for (;;) {
+    while (acked_seq < seq) {
         long long left = deadline - monotonic_ns();
         if (left <= 0)
             return -1;
-        struct pollfd pfd = {S.fd, POLLIN, 0};
-        int r = poll(&pfd, 1, (int)(left / 1000000LL) + 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        if (pending_len >= sizeof pending - 1)
-            pending_len = 0; /* not an ack stream: discard */
-        ssize_t got = recv(S.fd, pending + pending_len, sizeof pending - 1 - pending_len, 0);
-        if (got <= 0) {
-            if (got < 0 && errno == EINTR)
-                continue;
-            close_sink();
+        if (read_acks((int)(left / 1000000LL) + 1) < 0) {
+            give_up_connection();
             return -1;
         }
-        pending_len += (size_t)got;
-        pending[pending_len] = '\0';
-        uint64_t best = 0;
-        char *line = pending, *nl;
-        while ((nl = strchr(line, '\n')) != NULL) {
-            *nl = '\0';
-            const char *at = strstr(line, "\"ack\":");
-            if (at) {
-                uint64_t v = strtoull(at + 6, NULL, 10);
-                if (v > best)
-                    best = v;
-            }
-            line = nl + 1;
-        }
-        pending_len = (size_t)(pending + pending_len - line);
-        memmove(pending, line, pending_len);
-        if (best >= seq)
-            return 0;
     }
+    return 0;
+}
+
+/* After a batch went out on the socket: keep it until confirmed, ask now and then,
+ * and never keep more than UNACKED_MAX. */
+static void track_sent(const char *p, size_t n) {
+    if (S.fd < 0 || !is_unix_sink())
+        return;
+    if (read_acks(0) < 0) {
+        give_up_connection();
+        return;
+    }
+    aw_buf_put(&unacked, p, n);
+    unacked_seq = S.seq;
+    if (unacked.oom) {
+        unacked.len = 0; /* cannot keep a copy: spool this batch instead */
+        unacked.oom = 0;
+        spool_write(p, n);
+        return;
+    }
+    if (unacked.len >= UNACKED_MAX) {
+        if (await_ack(S.seq) < 0 && S.fd >= 0)
+            give_up_connection(); /* the collector is stuck */
+        return;
+    }
+    if (ack_asked_seq < S.seq &&
+        (unacked.len >= ACK_EVERY_BYTES || monotonic_ns() - ack_asked_ns >= ACK_EVERY_NS) &&
+        ask_ack(S.seq) < 0)
+        give_up_connection();
 }
 
 /* ---- writer thread ---------------------------------------------------------- */
@@ -537,7 +614,8 @@ static void *writer_main(void *arg) {
             tail += sizeof len + len;
             records++;
             if (out.len >= BATCH_BYTES && tail < head) {
-                sink_write(out.p, out.len, records);
+                if (sink_write(out.p, out.len, records) == TO_SINK)
+                    track_sent(out.p, out.len);
                 out.len = 0;
                 records = 0;
                 pthread_mutex_lock(&R.mu);
@@ -563,10 +641,15 @@ static void *writer_main(void *arg) {
         }
         if (out.len) {
             int where = sink_write(out.p, out.len, records);
-            if (want_ack && where == TO_SINK && is_unix_sink() && await_ack(S.seq) < 0) {
+            if (where == TO_SINK)
+                track_sent(out.p, out.len);
+            if (want_ack && where == TO_SINK && is_unix_sink() && S.fd >= 0 &&
+                await_ack(S.seq) < 0) {
                 /* Not confirmed in time: keep a copy on disk too (the collector
                  * drops duplicates), and count the delay. */
-                spool_write(out.p, out.len);
+                if (unacked.len)
+                    spool_write(unacked.p, unacked.len);
+                unacked.len = 0;
                 pthread_mutex_lock(&R.mu);
                 R.c.ack_timeouts++;
                 pthread_mutex_unlock(&R.mu);
@@ -581,6 +664,13 @@ static void *writer_main(void *arg) {
         pthread_cond_broadcast(&R.not_full);
         pthread_cond_broadcast(&R.flushed);
     }
+    pthread_mutex_unlock(&R.mu);
+    /* Leaving: everything sent must be confirmed, or be on disk. */
+    if (unacked.len && S.fd >= 0 && await_ack(unacked_seq) < 0 && unacked.len) {
+        spool_write(unacked.p, unacked.len);
+        unacked.len = 0;
+    }
+    pthread_mutex_lock(&R.mu);
     R.writer_done = 1;
     pthread_cond_broadcast(&R.flushed);
     pthread_cond_broadcast(&R.stopped);
@@ -619,18 +709,32 @@ int aw_writer_ensure(void) {
     return rc == 0 ? 0 : -1;
 }
 
+/* Wait for the writer to drain everything and stop. A slow collector is waited for
+ * as long as records keep leaving (up to STOP_MAX_S); timeout is how long no
+ * progress at all is tolerated. */
+#define STOP_MAX_S 120.0
+
 void aw_writer_stop(double timeout) {
     if (!atomic_load(&R.writer_running))
         return;
-    struct timespec dl;
+    struct timespec dl, hard;
     deadline_in(&dl, timeout);
+    deadline_in(&hard, STOP_MAX_S);
     pthread_mutex_lock(&R.mu);
     R.stop = 1;
     if (R.writer_waiting)
         pthread_cond_signal(&R.not_empty);
-    while (!R.writer_done)
-        if (pthread_cond_timedwait(&R.stopped, &R.mu, &dl) == ETIMEDOUT)
-            break;
+    uint64_t tail = R.tail;
+    while (!R.writer_done) {
+        if (pthread_cond_timedwait(&R.stopped, &R.mu, &dl) != ETIMEDOUT)
+            continue;
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        if (R.tail == tail || now.tv_sec >= hard.tv_sec)
+            break; /* stuck, or waited long enough */
+        tail = R.tail;
+        deadline_in(&dl, timeout);
+    }
     pthread_mutex_unlock(&R.mu);
 }
 
@@ -672,6 +776,12 @@ static void atfork_child(void) {
         close(S.spool_fd);
     S.fd = S.spool_fd = -1;
     S.seq = 0;
+    /* The parent's unconfirmed batches are the parent's to deliver. The buffer was
+     * allocated before fork(): forget it rather than free it (free() may not be
+     * safe in a child that is about to exec). */
+    aw_buf_init(&unacked, NULL, 0);
+    unacked_seq = acked_seq = ack_asked_seq = 0;
+    ack_pending_len = 0;
     aw_proc_after_fork_child();
 }
 
