@@ -40,6 +40,25 @@ def _register() -> None:
     from auditwatch.commands import rules
 
     main.add_command(rules.command)
+    from auditwatch.commands import collect
+
+    main.add_command(collect.command)
+    from auditwatch.commands import tail
+
+    main.add_command(tail.command)
+    from auditwatch.commands import report
+
+    main.add_command(report.command)
+    from auditwatch.commands import install
+
+    main.add_command(install.install)
+    main.add_command(install.uninstall)
+    from auditwatch.commands import doctor
+
+    main.add_command(doctor.command)
+    from auditwatch.commands import manifest
+
+    main.add_command(manifest.command)
 
 
 _register()

@@ -19,11 +19,17 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
+
+from auditwatch.collector.sequence import RunTrack, Sequencer
+
+__all__ = ["Collector", "PeerCred", "RecordSink", "RunTrack", "Sequencer", "peer_credentials"]
 
 MAX_LINE = 8 << 20  # a record is bounded by the hook; anything longer is garbage
 RECV_BYTES = 1 << 18
+TICK = 0.1  # seconds between calls of the periodic work (batch timers, liveness)
 
 
 @dataclass(frozen=True)
@@ -40,17 +46,15 @@ class RecordSink(Protocol):
     def accept(self, raw: bytes, record: dict, peer: PeerCred | None) -> None: ...
 
 
-@dataclass
-class RunTrack:
-    """Sequence bookkeeping for one process run."""
-
-    next_seq: int = 1
-    gaps: list[tuple[int, int]] = field(default_factory=list)
-    duplicates: int = 0
-    peer_pid: int | None = None
-
-
 Reject = Callable[[str, bytes, "PeerCred | None"], None]
+
+
+class Watch(Protocol):
+    """Told which connection each accepted record came on, and when connections end."""
+
+    def seen(self, record: dict, conn: int | None) -> None: ...
+
+    def closed(self, conn: int, runs: set[str]) -> None: ...
 
 
 def peer_credentials(sock: socket.socket) -> PeerCred | None:
@@ -62,57 +66,48 @@ def peer_credentials(sock: socket.socket) -> PeerCred | None:
     return PeerCred(pid, uid, gid)
 
 
-class Sequencer:
-    """Checks a record's shape and its place in its run's sequence."""
-
-    def __init__(self) -> None:
-        self.runs: dict[str, RunTrack] = {}
-
-    def check(self, raw: bytes, peer: PeerCred | None) -> tuple[dict | None, str | None]:
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            return None, f"not JSON: {exc}"
-        if not isinstance(record, dict):
-            return None, "not a JSON object"
-        if record.get("v") != 1:
-            return None, f"unsupported schema version {record.get('v')!r} (expected 1)"
-        run, seq, pid = record.get("run"), record.get("seq"), record.get("pid")
-        if not isinstance(run, str) or not isinstance(seq, int) or not isinstance(pid, int):
-            return None, "missing or mistyped run/seq/pid"
-        if peer is not None and peer.pid != pid:
-            return None, f"record claims pid {pid} but was sent by pid {peer.pid}"
-        track = self.runs.setdefault(run, RunTrack())
-        if seq < track.next_seq:
-            track.duplicates += 1
-            return None, None  # a replayed record: already stored, not an error
-        if seq > track.next_seq:
-            track.gaps.append((track.next_seq, seq - 1))
-        track.next_seq = seq + 1
-        return record, None
-
-
 class Collector:
     """Receives records on a Unix socket until stopped."""
 
-    def __init__(self, socket_path: str, sinks: Iterable[RecordSink], reject: Reject) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        sinks: Iterable[RecordSink],
+        reject: Reject,
+        *,
+        socket_mode: int = 0o600,
+        watch: Watch | None = None,
+        tickers: Iterable[Callable[[], None]] = (),
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.sinks = list(sinks)
         self.reject = reject
+        self.watch = watch
+        self.tickers = list(tickers)
+        self.on_error = on_error
         self.sequencer = Sequencer()
-        self.lock = threading.Lock()  # sinks see one record at a time
+        # Sinks see one record at a time. Re-entrant: periodic work in the loop
+        # thread may feed lines (spool files) through the same path.
+        self.lock = threading.RLock()
         self._selector = selectors.DefaultSelector()
+        _remove_stale_socket(socket_path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(socket_path)
-        os.chmod(socket_path, 0o600)
+        os.chmod(socket_path, socket_mode)
         self._listener.listen(512)
         self._listener.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._listening = True
         self._buffers: dict[socket.socket, bytearray] = {}
         self._peers: dict[socket.socket, PeerCred | None] = {}
+        self._ids: dict[socket.socket, int] = {}
+        self._runs_of: dict[socket.socket, set[str]] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="auditwatch-collector", daemon=True)
         self.connections_total = 0
+        self.sink_errors = 0
+        self._next_tick = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -121,25 +116,40 @@ class Collector:
     def open_connections(self) -> int:
         return len(self._buffers)
 
-    def stop(self, grace: float) -> int:
-        """Stop accepting, wait up to ``grace`` seconds for senders to finish.
+    def stop(self, grace: float, accept_meanwhile: bool = True) -> int:
+        """Wait up to ``grace`` seconds for senders to finish, then stop.
 
+        ``accept_meanwhile``: keep taking new connections during the grace period
+        (``run``: a late grandchild still belongs to the run); otherwise the socket
+        is removed first, so new processes spool instead (``collect`` shutting down).
         Returns the number of connections that were still open (their processes are
-        still running: their remaining records are not in this run).
+        still running: their remaining records are not in this store).
         """
+        if not accept_meanwhile:
+            with self.lock:
+                self._stop_listening()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and self.open_connections:
             time.sleep(0.01)
         self._stopping.set()
         self._thread.join()
         still_open = len(self._buffers)
-        for conn in list(self._buffers):
-            self._close(conn, final=True)
-        self._listener.close()
+        with self.lock:
+            for conn in list(self._buffers):
+                self._close(conn, final=True)
+            self._stop_listening()
         self._selector.close()
+        return still_open
+
+    def _stop_listening(self) -> None:
+        if not self._listening:
+            return
+        self._listening = False
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(self._listener)
+        self._listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        return still_open
 
     def feed(self, raw: bytes, peer: PeerCred | None = None) -> None:
         """Take one line from elsewhere (a spool file) through the same checks."""
@@ -153,8 +163,26 @@ class Collector:
             for key, _ in self._selector.select(timeout=0.05):
                 if key.fileobj is self._listener:
                     self._accept()
-                else:
+                    continue
+                try:
                     self._read(key.fileobj)  # type: ignore[arg-type]
+                except Exception:
+                    # Whatever a sender did, the loop goes on; that connection ends.
+                    self._error(f"connection dropped after an error:\n{traceback.format_exc()}")
+                    self._close(key.fileobj, final=False)  # type: ignore[arg-type]
+            now = time.monotonic()
+            if now >= self._next_tick:
+                self._next_tick = now + TICK
+                self.tick()
+
+    def tick(self) -> None:
+        """The periodic work: sinks' batch timers, liveness checks, spool scans."""
+        with self.lock:
+            for fn in self.tickers:
+                try:
+                    fn()
+                except Exception:
+                    self._error(f"periodic task failed:\n{traceback.format_exc()}")
 
     def _drain_pending(self) -> bool:
         # After stop: keep reading while connections still have data ready.
@@ -169,8 +197,10 @@ class Collector:
             conn.setblocking(False)
             self._buffers[conn] = bytearray()
             self._peers[conn] = peer_credentials(conn)
-            self._selector.register(conn, selectors.EVENT_READ, None)
             self.connections_total += 1
+            self._ids[conn] = self.connections_total
+            self._runs_of[conn] = set()
+            self._selector.register(conn, selectors.EVENT_READ, None)
 
     def _read(self, conn: socket.socket) -> None:
         try:
@@ -195,28 +225,44 @@ class Collector:
         lines = bytes(buf[:end]).split(b"\n")
         del buf[: end + 1]
         peer = self._peers[conn]
+        conn_id = self._ids[conn]
+        runs = self._runs_of[conn]
         acks = []
         with self.lock:
             for line in lines:
                 if line.startswith(b'{"ctl"'):
                     acks.append(self._control(line))
                 elif line:
-                    self._line(line, peer)
+                    run = self._line(line, peer, conn_id)
+                    if run is not None and run not in runs:
+                        runs.add(run)
         for ack in acks:
             if ack is not None:
                 self._send(conn, ack)
 
-    def _line(self, raw: bytes, peer: PeerCred | None) -> None:
+    def _line(self, raw: bytes, peer: PeerCred | None, conn: int | None = None) -> str | None:
+        """Check one line and hand it to the sinks; returns its run when accepted."""
         if len(raw) > MAX_LINE:
             self.reject(f"line longer than {MAX_LINE} bytes", raw[:256], peer)
-            return
+            return None
         record, problem = self.sequencer.check(raw, peer)
         if problem:
             self.reject(problem, raw, peer)
         if record is None:
-            return
+            return None
+        if self.watch is not None:
+            self.watch.seen(record, conn)
         for sink in self.sinks:
-            sink.accept(raw, record, peer)
+            try:
+                sink.accept(raw, record, peer)
+            except Exception:
+                self.sink_errors += 1
+                self._error(f"sink {type(sink).__name__} failed:\n{traceback.format_exc()}")
+        return record["run"]  # type: ignore[no-any-return]
+
+    def _error(self, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(message)
 
     def _control(self, raw: bytes) -> bytes | None:
         """A control line from a writer: ``{"ctl":"ack","seq":N}`` asks the collector
@@ -246,9 +292,32 @@ class Collector:
     def _close(self, conn: socket.socket, final: bool) -> None:
         buf = self._buffers.pop(conn, None)
         peer = self._peers.pop(conn, None)
-        if buf:
-            # A sender that died mid-write leaves half a line: report it, keep going.
-            self.reject("incomplete line at end of connection", bytes(buf[:4096]), peer)
+        conn_id = self._ids.pop(conn, 0)
+        runs = self._runs_of.pop(conn, set())
+        with self.lock:
+            if buf:
+                # A sender that died mid-write leaves half a line: report it, keep going.
+                self.reject("incomplete line at end of connection", bytes(buf[:4096]), peer)
+            if self.watch is not None and not self._stopping.is_set():
+                # At shutdown an open connection is a running process, not a lost one.
+                self.watch.closed(conn_id, runs)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn)
         conn.close()
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by a collector that died; refuse to steal a live one."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: a leftover
+        return
+    except OSError:
+        return  # not a socket we can judge; bind() will say what is wrong
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another collector is listening on this socket")

@@ -9,13 +9,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
+from auditwatch.collector.alerts import LiveAlerts
 from auditwatch.collector.rundir import RunDirectory
-from auditwatch.collector.server import Collector
+from auditwatch.collector.service import CollectorService
 from auditwatch.collector.summary import Summary
 from auditwatch.commands.run_report import render_summary
+from auditwatch.store.keys import StoreError, user_key_dir
+from auditwatch.store.sqlite import Store
 
 EX_NOTFOUND = 127  # the shell's codes for "not found" and "not executable"
 EX_NOEXEC = 126
@@ -66,6 +70,46 @@ def run_command(argv: list[str], env: dict[str, str]) -> int:
     return 128 - code if code < 0 else code
 
 
+# -- the launcher (issue 3) -------------------------------------------------------
+
+
+def with_launcher(argv: list[str]) -> list[str]:
+    """argv with its program replaced by ``auditwatch-python`` when the program is this
+    environment's Python (``sys.executable`` or a ``python``/``python3``... beside it
+    that is the same file), so that the run's records begin before ``Py_Initialize``
+    (``installed: pre-init``). Anything else, or no launcher installed: unchanged."""
+    import shutil
+    import sysconfig
+
+    launcher = os.path.join(sysconfig.get_path("scripts"), "auditwatch-python")
+    if not argv or not os.access(launcher, os.X_OK):
+        return argv
+    program = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+    if program is None:
+        return argv
+    program = os.path.abspath(program)
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    try:
+        same = os.path.dirname(program) == here and os.path.samefile(program, sys.executable)
+    except OSError:
+        return argv
+    return [launcher, *argv[1:]] if same else argv
+
+
+def load_rules(files: tuple[str, ...], no_defaults: bool) -> Any:
+    """The ruleset for the collector's alert engine; None when there are no rules."""
+    if no_defaults and not files:
+        return None
+    from auditwatch.rules import RuleErrors, load
+
+    try:
+        return load(files, default=not no_defaults)
+    except RuleErrors as exc:
+        for err in exc.errors:
+            click.echo(str(err), err=True)
+        raise click.ClickException("the rule files have errors (listed above)") from None
+
+
 @click.command("run", context_settings={"ignore_unknown_options": False})
 @click.option(
     "-o",
@@ -100,7 +144,28 @@ def run_command(argv: list[str], env: dict[str, str]) -> int:
     show_default=True,
     help="Seconds to wait after the command exits for its children's records.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No summary on the terminal.")
+@click.option(
+    "--rules",
+    "rule_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A rule file loaded after the default ruleset (repeatable).",
+)
+@click.option("--no-default-rules", is_flag=True, help="Leave out the default ruleset.")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False),
+    help="The store's key file (default: a new key in ~/.local/share/auditwatch/keys/, "
+    "named by the store id, outside the run directory).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No summary and no live alerts on the terminal.")
+@click.option(
+    "--no-launcher",
+    is_flag=True,
+    help="Run this environment's Python as given, not through auditwatch-python "
+    "(records then begin at site start-up).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def command(
@@ -110,7 +175,11 @@ def command(
     only: tuple[str, ...],
     policy: str,
     grace: float,
+    rule_files: tuple[str, ...],
+    no_default_rules: bool,
+    key_path: str | None,
     quiet: bool,
+    no_launcher: bool,
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
@@ -122,31 +191,53 @@ def command(
     follows when the command ends, and the command's exit status is passed through.
     """
     argv = list(command)
+    ruleset = load_rules(rule_files, no_default_rules)
     rundir = RunDirectory.create(Path(out), argv)
     summary = Summary()
     sockdir = tempfile.mkdtemp(prefix="auditwatch-")
     sock_path = os.path.join(sockdir, "collector.sock")
     spool = rundir.path / "spool"
+    try:
+        store = Store.open(
+            str(rundir.path / "store.sqlite"),
+            key_path=key_path,
+            key_dir=None if key_path else user_key_dir(),
+        )
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
     def reject(reason: str, raw: bytes, peer: object) -> None:
         summary.reject(reason)
         rundir.reject(reason, raw, peer)
 
-    collector = Collector(sock_path, [rundir, summary], reject)
-    collector.start()
+    live = None if quiet else LiveAlerts(sys.stderr)
+    service = CollectorService(
+        sock_path,
+        store,
+        ruleset,
+        sinks=[rundir, summary],
+        on_alert=live.show if live is not None else None,
+        on_reject=reject,
+        spool_dir=str(spool),
+        remove_spooled=False,  # the run directory keeps them, as evidence
+    )
+    service.start()
     options = f"spool={spool};policy={policy}"
     env = child_environment(f"unix:{sock_path}", events_spec(include, exclude, only), options)
     exit_code = EX_NOTFOUND
     still_running = 0
     try:
-        exit_code = run_command(argv, env)
+        exit_code = run_command(argv if no_launcher else with_launcher(argv), env)
     finally:
-        still_running = collector.stop(grace)
-        for line in rundir.spooled_lines(spool):
-            collector.feed(line)
+        still_running = service.stop(grace)
+        store.close()
         os.rmdir(sockdir)
         result = summary.as_dict(argv, exit_code, still_running)
+        result.update(service.summary())
+        result["store"] = "store.sqlite"
         rundir.finish(result)
+    if live is not None:
+        live.finish()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not quiet:

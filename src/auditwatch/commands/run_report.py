@@ -75,6 +75,17 @@ def render_summary(result: dict, rundir: Path, stream: IO[str]) -> None:
                 console.print(f"  {item}", markup=False)
             _more(console, items, SHOW)
 
+    alerts = result.get("alerts") or {}
+    if alerts.get("total"):
+        by_rule = alerts.get("by_rule") or {}
+        console.print(f"[bold]alerts[/bold] ({alerts['total']})")
+        for rule, n in list(by_rule.items())[:SHOW]:
+            console.print(f"  {n:>5}  {rule}", markup=False)
+        if len(by_rule) > SHOW:
+            console.print(f"  [dim]... and {len(by_rule) - SHOW} more rules[/dim]")
+        if alerts.get("suppressed"):
+            console.print(f"  [dim]{alerts['suppressed']} more held back by the rate limit[/dim]")
+
     problems = []
     if result["denied"]:
         problems.append(f"[red]{len(result['denied'])} operation(s) denied[/red]")
@@ -93,5 +104,14 @@ def render_summary(result: dict, rundir: Path, stream: IO[str]) -> None:
     if result["rejected"]:
         total = sum(result["rejected"].values())
         problems.append(f"[red]{total} line(s) rejected (see rejected.jsonl)[/red]")
+    notices = result.get("collector") or {}
+    gaps, silent = notices.get("gap", 0), notices.get("silence", 0)
+    if gaps or silent:
+        problems.append(
+            f"[red]collector noticed {gaps} sequence gap(s) and {silent} silent process(es) "
+            "(kind: collector records in the store)[/red]"
+        )
+    if result.get("unstored"):
+        problems.append(f"[red]{result['unstored']} record(s) could not be stored[/red]")
     for p in problems:
         console.print(p)

@@ -24,6 +24,31 @@ def default_key_path(store_path: str) -> str:
     return store_path + ".key"
 
 
+def user_key_dir() -> str:
+    """Where ``auditwatch run`` keeps its runs' keys: out of the run directory, so a
+    copy of the run directory carries no key (``$XDG_DATA_HOME/auditwatch/keys``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "auditwatch", "keys")
+
+
+def stored_key_path(key_dir: str, store_id_hex: str) -> str:
+    """The key of one store in a key directory (created private when missing)."""
+    os.makedirs(key_dir, mode=0o700, exist_ok=True)
+    return os.path.join(key_dir, f"{store_id_hex}.key")
+
+
+def key_for_store(store_path: str, store_id_hex: str | None) -> str:
+    """The key a reader should try when none is named: ``<store>.key`` next to the
+    store when it exists, else the store's key in :func:`user_key_dir`."""
+    beside = default_key_path(store_path)
+    if os.path.exists(beside) or not store_id_hex:
+        return beside
+    candidate = os.path.join(user_key_dir(), f"{store_id_hex}.key")
+    return candidate if os.path.exists(candidate) else beside
+
+
 def create_key(path: str) -> bytes:
     """Write a new key with mode 0600; never overwrites an existing file."""
     key = os.urandom(KEY_SIZE)

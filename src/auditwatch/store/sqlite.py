@@ -11,7 +11,7 @@ import hmac
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
 from auditwatch.store import schema
 from auditwatch.store.keys import (
@@ -20,6 +20,7 @@ from auditwatch.store.keys import (
     create_key,
     default_key_path,
     load_key,
+    stored_key_path,
 )
 from auditwatch.store.runs import Special, rebuild_runs, update_runs
 from auditwatch.store.seal import _LINK, PeerCred, Sealer
@@ -27,6 +28,16 @@ from auditwatch.store.seal import _LINK, PeerCred, Sealer
 Item = Tuple[bytes, Dict[str, Any], Optional[PeerCred]]
 
 _INSERT = "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+class SealedBatch(NamedTuple):
+    """Rows ready to insert: sealed to chain from ``start`` to ``end`` (pos, hash)."""
+
+    start: tuple[int, bytes]
+    end: tuple[int, bytes]
+    rows: list[tuple[Any, ...]]
+    specials: list[Special]
+    items: list[Item]  # what was sealed, to seal again onto another head
 
 
 def resolve_store_path(path: str) -> str:
@@ -87,15 +98,18 @@ class Store:
         key_path: str | None = None,
         create: bool = True,
         readonly: bool = False,
+        key_dir: str | None = None,
     ) -> Store:
         """Open (and with ``create`` make) a store.
 
         Writers get the key from ``key_path`` (default ``<store>.key``), created with
-        mode 0600 together with a new store. ``readonly`` opens without the key, for
-        query, export and runs; an older store is migrated first if the file is
-        writable.
+        mode 0600 together with a new store. With ``key_dir`` (and no ``key_path``)
+        the key is ``<key_dir>/<store id>.key`` instead, kept apart from the store
+        (see ``keys.key_for_store``). ``readonly`` opens without the key, for query,
+        export and runs; an older store is migrated first if the file is writable.
         """
         path = resolve_store_path(path)
+        by_id = key_path is None and key_dir is not None
         key_path = key_path or default_key_path(path)
         exists = os.path.exists(path)
         if not exists and (readonly or not create):
@@ -118,11 +132,16 @@ class Store:
             if fresh:
                 if not create:
                     raise StoreError(f"{path} is empty, not an auditwatch store")
+                store_id = os.urandom(16)
+                if by_id:
+                    key_path = stored_key_path(key_dir, store_id.hex())  # type: ignore[arg-type]
                 key = _new_store_key(key_path)
-                _initialise(conn, key)
+                _initialise(conn, key, store_id)
             else:
-                read_meta(conn, path)
+                found = read_meta(conn, path)
                 _check_version(conn, path)
+                if by_id:
+                    key_path = stored_key_path(key_dir, found["store_id"])  # type: ignore[arg-type]
                 key = load_key(key_path)
             meta = read_meta(conn, path)
             sealer = Sealer(key, bytes.fromhex(meta["store_id"]))
@@ -189,42 +208,84 @@ class Store:
             raise StoreError(f"store {self.path} was opened read-only")
         conn = self.conn
         if not isinstance(items, (list, tuple)):
-            items = list(items)  # a batch may have to be gone through twice
+            items = list(items)
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Read the head inside the write lock: another writer may have appended.
-            start_pos, prev = self._sealed_head()
-            specials: list[Special] = []
-            state = [start_pos, prev]
-            try:
-                conn.executemany(_INSERT, self._rows(items, state, specials))
-            except (
-                UnicodeEncodeError,
-                OverflowError,
-                sqlite3.InterfaceError,
-                sqlite3.ProgrammingError,
-            ):
-                # A field SQLite cannot take as it is (lone surrogate, int beyond 64
-                # bits, a list where a name belongs): redo the batch with the indexed
-                # columns cleaned. The raw line is stored untouched either way.
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                start_pos, prev = self._sealed_head()
-                specials, state = [], [start_pos, prev]
-                rows = self._rows(items, state, specials)
-                conn.executemany(
-                    _INSERT, (r[:1] + tuple(map(clean_column, r[1:8])) + r[8:] for r in rows)
-                )
-            end_pos, head = state
-            if end_pos != start_pos:
-                update_runs(conn, start_pos, specials)
-                self._write_seal(end_pos, head)
+            batch = self.seal(items, self._sealed_head())
+            self._insert(batch)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return end_pos - start_pos
+        return batch.end[0] - batch.start[0]
+
+    def head(self) -> tuple[int, bytes]:
+        """The sealed head (position, hash), checked: where the next batch chains on."""
+        self.conn.execute("BEGIN")
+        try:
+            return self._sealed_head()
+        finally:
+            self.conn.execute("COMMIT")
+
+    def seal(self, items: Iterable[Item], head: tuple[int, bytes]) -> SealedBatch:
+        """Hash and MAC a batch that chains onto ``head``; touches no database.
+
+        With :meth:`write` this lets one thread seal while another inserts: the
+        collector seals batch n+1 while SQLite is still writing batch n.
+        """
+        if self._sealer is None:
+            raise StoreError(f"store {self.path} was opened read-only")
+        if not isinstance(items, list):
+            items = list(items)
+        specials: list[Special] = []
+        state = [head[0], head[1]]
+        rows = list(self._rows(items, state, specials))
+        return SealedBatch(head, (state[0], state[1]), rows, specials, items)
+
+    def write(self, batch: SealedBatch) -> int:
+        """Store a sealed batch in one transaction; it must chain onto the stored head."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._sealed_head() != batch.start:
+                raise StoreTampered(
+                    f"store {self.path} changed under this writer (another writer appended, "
+                    "or records were removed); refusing to append"
+                )
+            self._insert(batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return batch.end[0] - batch.start[0]
+
+    def _insert(self, batch: SealedBatch) -> None:
+        """Insert the rows, update runs and the head seal (inside a write transaction)."""
+        conn = self.conn
+        if not batch.rows:
+            return
+        conn.execute("SAVEPOINT rows")
+        try:
+            conn.executemany(_INSERT, batch.rows)
+        except (
+            UnicodeEncodeError,
+            OverflowError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+        ):
+            # A field SQLite cannot take as it is (lone surrogate, int beyond 64 bits,
+            # a list where a name belongs): redo the batch with the indexed columns
+            # cleaned. The raw line is stored untouched either way.
+            conn.execute("ROLLBACK TO rows")
+            conn.executemany(
+                _INSERT, (r[:1] + tuple(map(clean_column, r[1:8])) + r[8:] for r in batch.rows)
+            )
+        conn.execute("RELEASE rows")
+        update_runs(conn, batch.start[0], batch.specials)
+        self._write_seal(*batch.end)
 
     def append(self, raw: bytes, record: dict[str, Any], peer: PeerCred | None = None) -> int:
         """Store a single record (a one-record batch); returns its position."""
@@ -277,7 +338,7 @@ class Store:
                 o.digest(),
             )
             prev = digest
-        # Runs when executemany exhausts the generator: the new head, for the seal.
+        # Runs when the generator is exhausted: the new head, for the seal.
         state[0] = pos
         state[1] = prev
 
@@ -426,9 +487,8 @@ def _new_store_key(key_path: str) -> bytes:
     return create_key(key_path)
 
 
-def _initialise(conn: sqlite3.Connection, key: bytes) -> None:
+def _initialise(conn: sqlite3.Connection, key: bytes, store_id: bytes) -> None:
     schema.migrate(conn, upto=1)
-    store_id = os.urandom(16)
     sealer = Sealer(key, store_id)
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(

@@ -15,7 +15,7 @@ import struct
 import time
 from typing import Any, NamedTuple, Sequence
 
-from auditwatch.store.keys import StoreError, default_key_path, load_key
+from auditwatch.store.keys import StoreError, key_for_store, load_key
 from auditwatch.store.seal import _LINK, Sealer, peer_from_columns
 from auditwatch.store.sqlite import (
     _alert_name,
@@ -96,10 +96,10 @@ def verify(store_path: str, key_path: str | None = None, columns: bool = True) -
     path = resolve_store_path(store_path)
     if not os.path.isfile(path):
         raise StoreError(f"no store at {path}: give a store file or a run directory")
-    key = load_key(key_path or default_key_path(path))
     conn = connect(path, readonly=True)
     try:
         meta = read_meta(conn, path)
+        key = load_key(key_path or key_for_store(path, meta.get("store_id")))
         try:
             store_id = bytes.fromhex(meta["store_id"])
         except (KeyError, ValueError):

@@ -1,0 +1,179 @@
+"""Collector throughput, end to end: many sender processes -> real Unix socket ->
+checks -> sealed SQLite store, against the same run into a null sink.
+
+    PYTHONPATH=src python benchmarks/bench_collector.py [--senders 16] [--records 300000]
+        [--repeat 3] [--rules]
+
+Senders are forked processes that write pre-made records (shaped like the hook's,
+each with its own pid, so the SO_PEERCRED check passes) as fast as the socket takes
+them; the clock runs from the moment they start sending until the last record is
+committed. Configurations alternate within each repeat, so all see the same
+machine. Prints a markdown table: records/s, median of the repeats, min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from auditwatch.collector.server import Collector
+from auditwatch.collector.service import CollectorService
+from auditwatch.store import Store
+
+_WHERE = {"file": "/usr/lib/python3.11/importlib/_bootstrap.py", "line": 241, "func": "f"}
+
+
+def make_lines(n: int) -> bytes:
+    """``n`` records of one process run (this process's pid), as the hook writes them."""
+    run = os.urandom(16).hex()
+    pid = os.getpid()
+    out = []
+    t = time.time_ns()
+    for seq in range(1, n + 1):
+        rec: dict[str, Any] = {"v": 1, "seq": seq, "run": run, "parent_run": None, "pid": pid}
+        rec.update({"installed": "site", "ts": t + seq, "tid": pid, "interp": 0})
+        if seq == 1:
+            rec.update(kind="start", proc={"exe": "/usr/bin/python3", "argv": ["python3"]})
+        elif seq == n:
+            rec.update(kind="exit", status={"how": "exit", "code": 0})
+        elif seq % 3:
+            rec.update(kind="event", event="open", args=[f"/srv/app/m{seq % 50}.py", "r", 524288])
+            rec.update(where=_WHERE, action="record")
+        else:
+            rec.update(kind="event", event="import", args=[f"mod{seq % 80}", None, [], [], []])
+            rec.update(where=_WHERE, action="record")
+        out.append(json.dumps(rec, separators=(",", ":")))
+    return ("\n".join(out) + "\n").encode()
+
+
+def sender(path: str, n: int, go_r: int) -> None:
+    data = make_lines(n)
+    os.read(go_r, 1)  # wait for the start signal
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.sendall(data)
+    os._exit(0)
+
+
+class Count:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def accept(self, raw: bytes, record: dict, peer: object) -> None:
+        self.n += 1
+
+
+def run_once(kind: str, senders: int, per: int, tmp: str) -> float:
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    path = os.path.join(tmp, "c.sock")
+    count = Count()
+    store = None
+    finish: Callable[[], None]
+    if kind == "null":
+        coll = Collector(path, [count], lambda *a: None)
+        coll.start()
+
+        def finish() -> None:
+            coll.stop(0)
+
+    else:
+        store = Store.open(os.path.join(tmp, "store.sqlite"))
+        ruleset = None
+        if kind == "store+rules":
+            from auditwatch.rules import load
+
+            ruleset = load()
+        svc = CollectorService(
+            path,
+            store,
+            ruleset,
+            sinks=[count],
+            threaded_store=kind == "store-2threads",
+            log=lambda m: None,
+        )
+        svc.start()
+
+        def finish() -> None:
+            svc.store_sink.flush()
+            svc.stop(0)
+
+    go_r, go_w = os.pipe()
+    pids = []
+    for _ in range(senders):
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            sender(path, per, go_r)
+        pids.append(pid)
+    os.close(go_r)
+    time.sleep(0.3 + senders * per / 2e6)  # let the senders make their records
+    total = senders * per
+    t0 = time.perf_counter()
+    os.write(go_w, b"x" * senders)
+    while count.n < total:
+        time.sleep(0.002)
+    finish()
+    dt = time.perf_counter() - t0
+    os.close(go_w)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    if store is not None:
+        stored = store.count()
+        store.close()
+        assert stored >= total, (stored, total)
+    return total / dt
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--senders", type=int, default=16)
+    ap.add_argument("--records", type=int, default=300_000, help="in all, per configuration")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rules", action="store_true", help="also: the default ruleset as a sink")
+    args = ap.parse_args(argv)
+    per = args.records // args.senders
+    kinds = ["null", "store", "store-2threads"] + (["store+rules"] if args.rules else [])
+    results: dict[str, list[float]] = {k: [] for k in kinds}
+    tmp = tempfile.mkdtemp(prefix="bench-collector-")
+    try:
+        for _ in range(args.repeat):
+            for kind in kinds:
+                results[kind].append(run_once(kind, args.senders, per, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    import sqlite3
+
+    print(
+        f"{args.senders} senders x {per:,} records, {args.repeat} repeats, "
+        f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print("| sink | records/s (median) | min – max | µs/record | vs. null sink |")
+    print("|---|---:|---:|---:|---:|")
+    base = statistics.median(results["null"])
+    names = {
+        "null": "null sink (socket, parse, checks)",
+        "store": "sealed store (default: one thread)",
+        "store-2threads": "sealed store, SQLite in a second thread",
+        "store+rules": "sealed store + default rules",
+    }
+    for kind in kinds:
+        xs = results[kind]
+        med = statistics.median(xs)
+        print(
+            f"| {names[kind]} | {med:,.0f} | {min(xs):,.0f} – {max(xs):,.0f} "
+            f"| {1e6 / med:.2f} | {med / base:.2f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
