@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def read_credentials() -> str:
-    return (HERE / "data" / "credentials").read_text()
+    return (HERE / "data" / ".aws" / "credentials").read_text()
 
 
 def start_child() -> str:

@@ -59,7 +59,7 @@ def test_bundled_example(tmp_path):
     assert any(peer.startswith("127.0.0.1:") for peer in summary["network"]["connected"])
     assert summary["missing_exit"] == [] and summary["dropped"] == 0 and summary["rejected"] == {}
     opened = [text(r["args"][0]) for r in records if r.get("event") == "open"]
-    assert str(example / "data" / "credentials") in opened
+    assert str(example / "data" / ".aws" / "credentials") in opened
     compiled = [text(r["args"][0]) for r in records if r.get("event") == "compile"]
     assert "print('hello from the network')" in compiled
     assert "print('decoded and run')" in compiled

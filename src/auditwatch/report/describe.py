@@ -153,12 +153,9 @@ def status_text(status: Any) -> str:
 
 
 def path_of(record: dict) -> str | None:
-    first = arg(record, 0)
-    t = text(first)
-    if t is not None:
-        return t
-    v = plain(first)
-    return f"fd {v}" if isinstance(v, int) else None
+    # open() of an int wraps a descriptor that is already open (stdin/stdout at
+    # start-up): no file is opened, so it is no file's row.
+    return text(arg(record, 0))
 
 
 def opened_for_writing(record: dict) -> bool:
