@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -36,7 +37,7 @@ def slow_acker(path: str, delay: float, answer: bool, seen: list[bytes]) -> sock
     def serve() -> None:
         conn, _ = server.accept()
         buf = b""
-        with conn:
+        with conn, contextlib.suppress(OSError):  # the audited process may be gone
             while True:
                 data = conn.recv(65536)
                 if not data:
