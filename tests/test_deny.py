@@ -189,3 +189,28 @@ def test_hostile_code_cannot_switch_enforcement_off(tmp_path, deny_spec):
 def test_bad_deny_spec_is_reported(tmp_path):
     a = run_audited(tmp_path, "print('ran')", AUDITWATCH_DENY="r\tenforce\topen\t0:regex:x")
     assert "unknown test 'regex'" in a.proc.stderr and "NOT audited" in a.proc.stderr
+
+
+def test_run_rules_file_deny_rules_are_enforced_in_the_hook(tmp_path):
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    rules = tmp_path / "deny.yaml"
+    rules.write_text(RULES)
+    aw = shutil.which("auditwatch", path=os.path.dirname(sys.executable)) or "auditwatch"
+    code = attempt(OPEN_SHADOW) + "print(attempt())\n"
+    proc = subprocess.run(
+        [aw, "run", "-q", "-o", str(tmp_path / "out"), "--no-default-rules", "--rules", str(rules),
+         "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "denied: auditwatch: 'open' denied by rule 'No shadow'"
+    with open(tmp_path / "out" / "latest" / "records.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    denied = [r for r in records if r.get("action") == "deny"]
+    assert [(r["event"], r["args"][0], r["rule"]) for r in denied] == [
+        ("open", "/etc/shadow", "No shadow")
+    ]

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from auditwatch.collector.service import CollectorService, log_stderr
+from auditwatch.commands.options import rule_options
 from auditwatch.commands.run import load_rules
 from auditwatch.store.keys import StoreError
 from auditwatch.store.sqlite import Store
@@ -79,14 +80,7 @@ def _mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="Permissions of the socket (other users' processes must be able to connect; "
     "each sender is identified by SO_PEERCRED).",
 )
-@click.option(
-    "--rules",
-    "rule_files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A rule file loaded after the default ruleset (repeatable).",
-)
-@click.option("--no-default-rules", is_flag=True, help="Leave out the default ruleset.")
+@rule_options
 @click.option(
     "--heartbeat",
     type=float,

@@ -10,16 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-PRIORITY_STYLES = {
-    "emergency": "bold white on red",
-    "alert": "bold red",
-    "critical": "bold red",
-    "error": "red",
-    "warning": "yellow",
-    "notice": "cyan",
-    "informational": "green",
-    "debug": "dim",
-}
+from auditwatch.collector.alerts import PRIORITY_STYLES
 
 _rules_option = click.option(
     "--rules",

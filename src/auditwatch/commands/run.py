@@ -17,6 +17,7 @@ from auditwatch.collector.alerts import LiveAlerts
 from auditwatch.collector.rundir import RunDirectory
 from auditwatch.collector.service import CollectorService
 from auditwatch.collector.summary import Summary
+from auditwatch.commands.options import rule_options
 from auditwatch.commands.run_report import render_summary
 from auditwatch.store.keys import StoreError, user_key_dir
 from auditwatch.store.sqlite import Store
@@ -110,6 +111,15 @@ def load_rules(files: tuple[str, ...], no_defaults: bool) -> Any:
         raise click.ClickException("the rule files have errors (listed above)") from None
 
 
+def deny_spec(ruleset: Any) -> str:
+    """The ruleset's deny rules in the form the hook decides them in (AUDITWATCH_DENY)."""
+    if ruleset is None:
+        return ""
+    from auditwatch.rules.native import encode_native
+
+    return encode_native(ruleset.native_rules())
+
+
 @click.command("run", context_settings={"ignore_unknown_options": False})
 @click.option(
     "-o",
@@ -144,14 +154,7 @@ def load_rules(files: tuple[str, ...], no_defaults: bool) -> Any:
     show_default=True,
     help="Seconds to wait after the command exits for its children's records.",
 )
-@click.option(
-    "--rules",
-    "rule_files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A rule file loaded after the default ruleset (repeatable).",
-)
-@click.option("--no-default-rules", is_flag=True, help="Leave out the default ruleset.")
+@rule_options
 @click.option(
     "--key",
     "key_path",
@@ -224,6 +227,7 @@ def command(
     service.start()
     options = f"spool={spool};policy={policy}"
     env = child_environment(f"unix:{sock_path}", events_spec(include, exclude, only), options)
+    env["AUDITWATCH_DENY"] = deny_spec(ruleset)
     exit_code = EX_NOTFOUND
     still_running = 0
     try:
