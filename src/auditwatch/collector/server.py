@@ -185,7 +185,11 @@ class Collector:
                     self._error(f"periodic task failed:\n{traceback.format_exc()}")
 
     def _drain_pending(self) -> bool:
-        # After stop: keep reading while connections still have data ready.
+        # After stop: take the connections still waiting in the listen backlog (a
+        # sender may have written and closed before we accepted it), and keep
+        # reading while any connection has data ready.
+        if self._listening:
+            self._accept()
         return bool(self._buffers) and bool(self._selector.select(timeout=0))
 
     def _accept(self) -> None:
