@@ -39,7 +39,7 @@ static struct {
     uint64_t cap, head, tail; /* bytes; head and tail only grow */
     uint64_t put_ticket, done_ticket;
     uint64_t dropped_pending;
-    int writer_waiting, flush_wanted, stop, writer_done;
+    int writer_waiting, lingering, flush_wanted, stop, writer_done;
     atomic_int writer_running;
     pthread_t writer;
     aw_counters c;
@@ -179,7 +179,7 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     int rc = 0;
     pthread_mutex_lock(&R.mu);
     R.flush_wanted = 1;
-    if (R.writer_waiting)
+    if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
     while (R.done_ticket < ticket && !R.writer_done) {
         if (pthread_cond_timedwait(&R.flushed, &R.mu, &dl) == ETIMEDOUT) {
@@ -586,11 +586,15 @@ static void *writer_main(void *arg) {
             R.writer_waiting = 0;
             heartbeat = rc == ETIMEDOUT && R.head == R.tail;
             if (!heartbeat && !R.stop && !R.flush_wanted) {
-                /* Woken by the first record of a burst: let the burst gather. */
-                pthread_mutex_unlock(&R.mu);
-                struct timespec linger = {0, LINGER_NS};
-                nanosleep(&linger, NULL);
-                pthread_mutex_lock(&R.mu);
+                /* Woken by the first record of a burst: let the burst gather, unless
+                 * an indicator asks for a flush meanwhile (aw_ring_flush wakes us). */
+                struct timespec linger;
+                deadline_in(&linger, LINGER_NS / 1e9);
+                R.lingering = 1;
+                while (!R.flush_wanted && !R.stop &&
+                       pthread_cond_timedwait(&R.not_empty, &R.mu, &linger) != ETIMEDOUT)
+                    ;
+                R.lingering = 0;
             }
         }
         if (R.head == R.tail && R.stop && !R.dropped_pending)
@@ -722,7 +726,7 @@ void aw_writer_stop(double timeout) {
     deadline_in(&hard, STOP_MAX_S);
     pthread_mutex_lock(&R.mu);
     R.stop = 1;
-    if (R.writer_waiting)
+    if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
     uint64_t tail = R.tail;
     while (!R.writer_done) {
@@ -767,7 +771,7 @@ static void atfork_child(void) {
     R.head = R.tail = 0;
     R.put_ticket = R.done_ticket = 0;
     R.dropped_pending = 0;
-    R.writer_waiting = R.flush_wanted = R.stop = R.writer_done = 0;
+    R.writer_waiting = R.lingering = R.flush_wanted = R.stop = R.writer_done = 0;
     memset(&R.c, 0, sizeof R.c);
     atomic_store(&R.writer_running, 0);
     if (S.fd >= 0)
