@@ -150,6 +150,8 @@ int aw_ring_init(size_t bytes);
 uint64_t aw_ring_put(const char *body, size_t n, int flags);
 /* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
+/* Flush for an indicator (flush, deny, monitor), bounded by flush_timeout. */
+int aw_flush_indicator(uint64_t ticket);
 /* Start the writer thread (and open the sink) if this process has none yet. */
 int aw_writer_ensure(void);
 /* Stop the writer after draining everything, bounded by timeout seconds. */

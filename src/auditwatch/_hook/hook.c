@@ -116,10 +116,8 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
 
     uint64_t ticket = aw_record_event(event, args, ACTION_NAMES[action],
                                       action >= AW_DENY ? rule : NULL, 1);
-    /* The writer waits flush_timeout for the collector's ack, then spools; give it
-     * a moment more so that the record is on disk or acknowledged when we return. */
     if (action >= AW_FLUSH)
-        aw_ring_flush(ticket, aw_opts.flush_timeout + 1.0, 1);
+        aw_flush_indicator(ticket);
 
     /* Leave the error state as we found it: an allocation that failed while making
      * the record (a frame object, a hash) must not surface as the event's error. */

@@ -278,8 +278,18 @@ static int record_code_file(PyObject *exact, size_t size, const char *hex) {
                            &aw_default_limits);
     Py_DECREF(args);
     if (action >= AW_FLUSH)
-        aw_ring_flush(ticket, aw_opts.flush_timeout, 1);
+        aw_flush_indicator(ticket);
     return action;
+}
+
+/* Read a file (path as bytes) with the GIL released: files can be large or slow. */
+static int read_file_nogil(PyObject *fs, char **data, size_t *size) {
+    int err;
+    const char *cpath = PyBytes_AS_STRING(fs);
+    Py_BEGIN_ALLOW_THREADS
+    err = read_file(cpath, data, size);
+    Py_END_ALLOW_THREADS
+    return err;
 }
 
 /* ---- the open-code hook ------------------------------------------------------------- */
@@ -291,11 +301,7 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
         return NULL;
     char *data = NULL;
     size_t size = 0;
-    int err;
-    const char *cpath = PyBytes_AS_STRING(fs);
-    Py_BEGIN_ALLOW_THREADS
-    err = read_file(cpath, &data, &size);
-    Py_END_ALLOW_THREADS
+    int err = read_file_nogil(fs, &data, &size);
     if (err) {
         errno = err;
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exact);
@@ -449,7 +455,7 @@ static void record_code_text(PyObject *source, PyObject *origin) {
         static const char *NAMES[] = {"ignore", "record", "flush", "flush"};
         uint64_t ticket = aw_record_event_limits("auditwatch.code", args, NAMES[action], NULL, &code_limits);
         if (action >= AW_FLUSH)
-            aw_ring_flush(ticket, aw_opts.flush_timeout, 1);
+            aw_flush_indicator(ticket);
     }
     Py_DECREF(args);
 }
@@ -463,11 +469,7 @@ static int main_script(PyObject *filename) {
     }
     char *data = NULL;
     size_t size = 0;
-    int err;
-    const char *cpath = PyBytes_AS_STRING(fs);
-    Py_BEGIN_ALLOW_THREADS
-    err = read_file(cpath, &data, &size);
-    Py_END_ALLOW_THREADS
+    int err = read_file_nogil(fs, &data, &size);
     int action = AW_RECORD;
     if (err == 0) {
         char hex[65];

@@ -195,6 +195,12 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     return rc;
 }
 
+/* The writer waits flush_timeout for the collector's ack, then spools: give it a
+ * moment more, so that the record is acknowledged or on disk when this returns. */
+int aw_flush_indicator(uint64_t ticket) {
+    return aw_ring_flush(ticket, aw_opts.flush_timeout + 1.0, 1);
+}
+
 void aw_ring_counters(aw_counters *out) {
     pthread_mutex_lock(&R.mu);
     *out = R.c;

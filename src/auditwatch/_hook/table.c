@@ -157,7 +157,6 @@ void aw_table_lookup(const char *event, aw_decision *d) {
     d->deny = d->scratch;
     if (strlen(event) > 256)
         return; /* not worth a slot: hostile code can invent long names */
-    const char **rule = &rule_text;
     pthread_mutex_lock(&insert_mu);
     if (n_slots < SLOTS / 2) {
         uint32_t i = h & (SLOTS - 1);
@@ -172,7 +171,7 @@ void aw_table_lookup(const char *event, aw_decision *d) {
         if (copy) {
             slots[i].hash = h;
             slots[i].action = action;
-            slots[i].rule = *rule;
+            slots[i].rule = rule_text;
             slots[i].ndeny = d->ndeny;
             memcpy(slots[i].deny, d->scratch, sizeof slots[i].deny);
             atomic_store_explicit(&slots[i].name, copy, memory_order_release);
