@@ -74,37 +74,24 @@ MODE_SETUP = {
     ),
 }
 
-EVENT_LOOP = textwrap.dedent(
-    """\
-    import sys, time
-    audit = sys.audit
-    arg = '/home/user/project/data/file.txt'
-    def run(n):
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            audit('bench.event', arg, 438)
-        return (time.perf_counter_ns() - t0) / n
-    run(2000)
-    print(min(run(N) for _ in range(5)))
-    """
-)
+LOOP = """\
+import sys, time
+audit = sys.audit
+arg = '/home/user/project/data/file.txt'
+def run(n):
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+{call}
+    return (time.perf_counter_ns() - t0) / n
+run(2000)
+print(min(run(N) for _ in range(5)))
+"""
 
-DENY_LOOP = textwrap.dedent(
-    """\
-    import sys, time
-    audit = sys.audit
-    arg = '/home/user/project/data/file.txt'
-    def run(n):
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            try:
-                audit('bench.event', arg, 438)
-            except PermissionError:
-                pass
-        return (time.perf_counter_ns() - t0) / n
-    run(2000)
-    print(min(run(N) for _ in range(5)))
-    """
+EVENT_LOOP = LOOP.format(call="        audit('bench.event', arg, 438)")
+# The same loop around a call that may be refused: denied events raise.
+DENY_LOOP = LOOP.format(
+    call="        try:\n            audit('bench.event', arg, 438)\n"
+    "        except PermissionError:\n            pass"
 )
 
 
