@@ -7,6 +7,7 @@ export, runs) do not need it.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import sqlite3
@@ -206,19 +207,12 @@ class Store:
         """
         if self._sealer is None:
             raise StoreError(f"store {self.path} was opened read-only")
-        conn = self.conn
         if not isinstance(items, (list, tuple)):
             items = list(items)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             # Read the head inside the write lock: another writer may have appended.
             batch = self.seal(items, self._sealed_head())
             self._insert(batch)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return batch.end[0] - batch.start[0]
 
     def head(self) -> tuple[int, bytes]:
@@ -246,21 +240,27 @@ class Store:
 
     def write(self, batch: SealedBatch) -> int:
         """Store a sealed batch in one transaction; it must chain onto the stored head."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             if self._sealed_head() != batch.start:
                 raise StoreTampered(
                     f"store {self.path} changed under this writer (another writer appended, "
                     "or records were removed); refusing to append"
                 )
             self._insert(batch)
+        return batch.end[0] - batch.start[0]
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; rolled back on any error: all or nothing."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return batch.end[0] - batch.start[0]
 
     def _insert(self, batch: SealedBatch) -> None:
         """Insert the rows, update runs and the head seal (inside a write transaction)."""
