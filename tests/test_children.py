@@ -160,6 +160,43 @@ def test_sigterm_writes_an_exit_record_then_terminates(tmp_path):
     assert records[-1]["status"] == {"how": "signal", "signal": signal.SIGTERM}
 
 
+def test_sigterm_while_recording_drains_every_record(tmp_path):
+    # A process recording in a tight loop spends much of its time holding the
+    # ring's lock, so SIGTERM often lands there. The handler must not wait for the
+    # drain on a lock it interrupted: the termination finishes when the lock is
+    # released. Every record counted before the signal is on record, the exit
+    # record follows, and the process dies of SIGTERM at once, not after a timeout.
+    import time
+
+    code = (
+        "import sys, time\n"
+        "print('up', flush=True)\n"
+        "for i in range(300000):\n"  # bounded: a lost signal must not fill the disk
+        "    sys.audit('tick', i)\n"
+        "time.sleep(60)\n"
+    )
+    for attempt in range(12):
+        sink = tmp_path / f"records-{attempt}.jsonl"
+        env = audit_env(tmp_path, AUDITWATCH_SINK=f"file:{sink}")
+        with subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE
+        ) as proc:
+            try:
+                assert proc.stdout.readline() == b"up\n"
+                time.sleep(0.002 * attempt)
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=10) == -signal.SIGTERM
+            finally:
+                proc.kill()
+        assert time.monotonic() - started < 2.0, "the handler waited out its timeout"
+        records = read_records(sink)
+        ticks = [r["args"][0] for r in records if r.get("event") == "tick"]
+        assert ticks == list(range(len(ticks)))
+        assert records[-1]["kind"] == "exit", attempt
+        assert records[-1]["status"] == {"how": "signal", "signal": signal.SIGTERM}
+
+
 def test_collector_gone_means_spool_not_loss(tmp_path):
     # The sink is a socket nobody listens on: every record goes to the spool file.
     code = "import sys; [sys.audit('spooled', i) for i in range(1000)]"

@@ -187,6 +187,10 @@ uint64_t aw_proc_start_record(void);
 void aw_proc_after_fork_child(void);
 /* Make this run's identity (after fork) and helper threads before its first record. */
 void aw_proc_prepare_run(void);
+/* SIGTERM that arrived while this thread held a ring lock: finish it now. */
+void aw_proc_deferred_term(void);
+int aw_proc_term_deferred(void);
+int aw_ring_locks_held(void);
 void aw_ring_register_atfork(void);
 
 /* ---- installation (install.c) --------------------------------------------- */

@@ -212,11 +212,18 @@ static void on_process_exit(int status, void *arg) {
  * thread writes the exit record and drains the ring, then the handler restores the
  * default action and the signal terminates the process as it would have. Installed
  * only when SIGTERM has its default action; a program that installs its own handler
- * replaces ours and exits through its own path. */
+ * replaces ours and exits through its own path.
+ *
+ * The helper and the writer need the ring's locks. When the signal lands on a thread
+ * that holds one (os._exit writing its exit record as a pool terminates its
+ * workers), waiting in the handler would wait on itself: the handler then only marks
+ * the termination as deferred, and the thread finishes it as it releases its last
+ * lock (aw_proc_deferred_term), outside the handler. */
 static sem_t term_request, term_done;
 static int term_handler_installed, fork_pending;
 static atomic_int term_helper_running;
 static volatile sig_atomic_t term_signal;
+static __thread volatile sig_atomic_t term_deferred;
 
 static void *term_helper(void *arg) {
     (void)arg;
@@ -230,9 +237,8 @@ static void *term_helper(void *arg) {
     return NULL;
 }
 
-static void on_sigterm(int sig) {
-    int saved = errno;
-    term_signal = sig;
+/* Drain through the helper, then die of the signal. Async-signal-safe. */
+static void terminate_by(int sig) {
     if (atomic_load(&term_helper_running)) {
         sem_post(&term_request);
         struct timespec ts;
@@ -242,8 +248,27 @@ static void on_sigterm(int sig) {
             ;
     }
     signal(sig, SIG_DFL);
-    raise(sig); /* delivered when the handler returns */
+    raise(sig); /* delivered when the handler returns, or at once outside it */
+}
+
+static void on_sigterm(int sig) {
+    int saved = errno;
+    term_signal = sig;
+    if (aw_ring_locks_held())
+        term_deferred = sig;
+    else
+        terminate_by(sig);
     errno = saved;
+}
+
+int aw_proc_term_deferred(void) { return term_deferred != 0; }
+
+void aw_proc_deferred_term(void) {
+    int sig = term_deferred;
+    if (sig) {
+        term_deferred = 0;
+        terminate_by(sig);
+    }
 }
 
 static void start_term_helper(void) {
@@ -304,6 +329,7 @@ int aw_proc_install(const char *installed, char *err, size_t errlen) {
  * made at its first record, by aw_proc_prepare_run(). */
 void aw_proc_after_fork_child(void) {
     tid_cache = 0;
+    term_deferred = 0;
     fork_pending = 1;
     atomic_store(&exit_written, 0);
     atomic_store(&term_helper_running, 0);

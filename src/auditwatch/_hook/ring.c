@@ -83,6 +83,34 @@ static void deadline_in(struct timespec *ts, double seconds) {
     ts->tv_nsec = (long)(ns % 1000000000LL);
 }
 
+/* SIGTERM may land on a thread that holds one of these locks, and the exit path
+ * needs them: the handler must not wait for the drain then (it would wait on
+ * itself). Each thread counts the locks it holds, so the handler can tell and
+ * defer the termination to the moment the last one is released. The handler reads
+ * that thread-local count only while some thread is inside a lock (the global
+ * count): a thread that never took one may not have our TLS block allocated yet,
+ * and allocating it is not async-signal-safe. */
+static __thread int locks_held;
+static atomic_int threads_locking;
+
+int aw_ring_locks_held(void) {
+    return atomic_load_explicit(&threads_locking, memory_order_acquire) ? locks_held : 0;
+}
+
+static void lock(pthread_mutex_t *m) {
+    if (locks_held++ == 0)
+        atomic_fetch_add_explicit(&threads_locking, 1, memory_order_acq_rel);
+    pthread_mutex_lock(m);
+}
+
+static void unlock(pthread_mutex_t *m) {
+    pthread_mutex_unlock(m);
+    if (--locks_held == 0) {
+        atomic_fetch_sub_explicit(&threads_locking, 1, memory_order_acq_rel);
+        aw_proc_deferred_term();
+    }
+}
+
 /* Release the GIL around a wait when it is safe to: never without a thread state,
  * never during finalization (a daemon thread re-taking the GIL then would exit). */
 static PyThreadState *maybe_release_gil(int may) {
@@ -126,35 +154,47 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     if (keep)
         deadline_in(&keep_deadline, aw_opts.flush_timeout + 3.0);
     PyThreadState *saved = NULL;
-    pthread_mutex_lock(&R.mu);
+    int give_up = 0, term_wait = 0;
+    lock(&R.mu);
     while (R.cap - (R.head - R.tail) < need) {
-        int can_wait = atomic_load(&R.writer_running) && !R.stop &&
+        int can_wait = atomic_load(&R.writer_running) && !R.stop && !give_up &&
                        (keep || aw_opts.policy == AW_POLICY_WAIT);
         if (!can_wait) {
             R.dropped_pending++;
             R.c.dropped++;
             if (R.writer_waiting)
                 pthread_cond_signal(&R.not_empty);
-            pthread_mutex_unlock(&R.mu);
+            unlock(&R.mu);
             if (saved)
                 PyEval_RestoreThread(saved);
             return 0;
         }
         if (saved == NULL && may_release_gil) {
             /* Waiting for room can take a while: let other threads run meanwhile. */
-            pthread_mutex_unlock(&R.mu);
+            unlock(&R.mu);
             saved = maybe_release_gil(1);
             may_release_gil = 0;
-            pthread_mutex_lock(&R.mu);
+            lock(&R.mu);
             continue;
         }
         if (R.writer_waiting)
             pthread_cond_signal(&R.not_empty);
-        if (keep) {
-            if (pthread_cond_timedwait(&R.not_full, &R.mu, &keep_deadline) == ETIMEDOUT)
-                keep = 0; /* the sink is stuck: give up as a drop, counted */
+        if (keep || term_wait) {
+            if (pthread_cond_timedwait(&R.not_full, &R.mu, &keep_deadline) == ETIMEDOUT) {
+                /* the sink is stuck: give up as a drop, counted */
+                give_up = term_wait;
+                keep = 0;
+            }
         } else {
-            pthread_cond_wait(&R.not_full, &R.mu);
+            /* Wait in slices: a SIGTERM deferred while we hold the lock must not
+             * wait for room forever (see lock()). */
+            struct timespec slice;
+            deadline_in(&slice, 0.1);
+            pthread_cond_timedwait(&R.not_full, &R.mu, &slice);
+            if (aw_proc_term_deferred()) {
+                term_wait = 1;
+                deadline_in(&keep_deadline, aw_opts.flush_timeout);
+            }
         }
     }
     ring_copy_in(R.head, &len, sizeof len);
@@ -164,7 +204,7 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     R.c.queued++;
     if (R.writer_waiting)
         pthread_cond_signal(&R.not_empty);
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
     if (saved)
         PyEval_RestoreThread(saved);
     return ticket;
@@ -177,7 +217,7 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     struct timespec dl;
     deadline_in(&dl, timeout);
     int rc = 0;
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     R.flush_wanted = 1;
     if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
@@ -189,7 +229,7 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     }
     if (R.done_ticket < ticket)
         rc = -1;
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
     if (saved)
         PyEval_RestoreThread(saved);
     return rc;
@@ -202,23 +242,23 @@ int aw_flush_indicator(uint64_t ticket) {
 }
 
 void aw_ring_counters(aw_counters *out) {
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     *out = R.c;
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
 }
 
 /* ---- sink ------------------------------------------------------------------ */
 
 static void set_sink_error(const char *what, const char *path) {
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     snprintf(R.c.sink_error, sizeof R.c.sink_error, "%s %.180s: %.60s", what, path, strerror(errno));
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
 }
 
 static void set_sink_state(int state) {
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     R.c.sink_state = state;
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
 }
 
 /* Move fd above the range programs usually manage themselves; remember its identity
@@ -403,7 +443,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
     }
     if (where == TO_NOWHERE && spool_write(p, n) == 0)
         where = TO_SPOOL;
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     if (where == TO_NOWHERE) {
         R.c.lost += records;
         R.c.sink_state = 3;
@@ -416,7 +456,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
             R.c.sink_state = 1;
         }
     }
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
     return where;
 }
 
@@ -579,7 +619,7 @@ static void *writer_main(void *arg) {
     aw_buf_init(&out, NULL, 0);
     uint64_t total_dropped = 0;
 
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     for (;;) {
         int heartbeat = 0;
         if (R.head == R.tail && !R.stop && !R.dropped_pending) {
@@ -610,7 +650,7 @@ static void *writer_main(void *arg) {
         int want_ack = R.flush_wanted;
         R.dropped_pending = 0;
         R.flush_wanted = 0;
-        pthread_mutex_unlock(&R.mu);
+        unlock(&R.mu);
 
         uint64_t records = 0;
         while (tail < head) {
@@ -628,10 +668,10 @@ static void *writer_main(void *arg) {
                     track_sent(out.p, out.len);
                 out.len = 0;
                 records = 0;
-                pthread_mutex_lock(&R.mu);
+                lock(&R.mu);
                 R.tail = tail;
                 pthread_cond_broadcast(&R.not_full);
-                pthread_mutex_unlock(&R.mu);
+                unlock(&R.mu);
             }
         }
         if (dropped) {
@@ -640,14 +680,14 @@ static void *writer_main(void *arg) {
             records++;
         }
         if (heartbeat) {
-            pthread_mutex_lock(&R.mu);
+            lock(&R.mu);
             uint64_t ack_timeouts = R.c.ack_timeouts;
-            pthread_mutex_unlock(&R.mu);
+            unlock(&R.mu);
             out_meta_record(&out, "heartbeat", "pending", 0, "ack_timeouts", ack_timeouts);
             records++;
-            pthread_mutex_lock(&R.mu);
+            lock(&R.mu);
             R.c.heartbeats++;
-            pthread_mutex_unlock(&R.mu);
+            unlock(&R.mu);
         }
         if (out.len) {
             int where = sink_write(out.p, out.len, records);
@@ -660,31 +700,31 @@ static void *writer_main(void *arg) {
                 if (unacked.len)
                     spool_write(unacked.p, unacked.len);
                 unacked.len = 0;
-                pthread_mutex_lock(&R.mu);
+                lock(&R.mu);
                 R.c.ack_timeouts++;
-                pthread_mutex_unlock(&R.mu);
+                unlock(&R.mu);
             }
         }
         out.len = 0;
         out.oom = 0;
 
-        pthread_mutex_lock(&R.mu);
+        lock(&R.mu);
         R.tail = tail;
         R.done_ticket = ticket;
         pthread_cond_broadcast(&R.not_full);
         pthread_cond_broadcast(&R.flushed);
     }
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
     /* Leaving: everything sent must be confirmed, or be on disk. */
     if (unacked.len && S.fd >= 0 && await_ack(unacked_seq) < 0 && unacked.len) {
         spool_write(unacked.p, unacked.len);
         unacked.len = 0;
     }
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     R.writer_done = 1;
     pthread_cond_broadcast(&R.flushed);
     pthread_cond_broadcast(&R.stopped);
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
     aw_buf_free(&out);
     return NULL;
 }
@@ -692,16 +732,16 @@ static void *writer_main(void *arg) {
 int aw_writer_ensure(void) {
     if (atomic_load_explicit(&R.writer_running, memory_order_acquire))
         return 0;
-    pthread_mutex_lock(&start_mu);
+    lock(&start_mu);
     int rc = 0;
     if (!atomic_load(&R.writer_running)) {
         aw_proc_prepare_run();
         if (sink_open() < 0 && spool_open() < 0)
             set_sink_state(3);
-        pthread_mutex_lock(&R.mu);
+        lock(&R.mu);
         R.stop = 0;
         R.writer_done = 0;
-        pthread_mutex_unlock(&R.mu);
+        unlock(&R.mu);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setstacksize(&attr, 256 << 10);
@@ -715,7 +755,7 @@ int aw_writer_ensure(void) {
             aw_ring_flush(aw_proc_start_record(), aw_opts.flush_timeout + 1.0, 0);
         }
     }
-    pthread_mutex_unlock(&start_mu);
+    unlock(&start_mu);
     return rc == 0 ? 0 : -1;
 }
 
@@ -730,7 +770,7 @@ void aw_writer_stop(double timeout) {
     struct timespec dl, hard;
     deadline_in(&dl, timeout);
     deadline_in(&hard, STOP_MAX_S);
-    pthread_mutex_lock(&R.mu);
+    lock(&R.mu);
     R.stop = 1;
     if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
@@ -745,7 +785,7 @@ void aw_writer_stop(double timeout) {
         tail = R.tail;
         deadline_in(&dl, timeout);
     }
-    pthread_mutex_unlock(&R.mu);
+    unlock(&R.mu);
 }
 
 /* ---- fork ---------------------------------------------------------------------
@@ -756,19 +796,21 @@ void aw_writer_stop(double timeout) {
 
 static void atfork_prepare(void) {
     aw_table_lock();
-    pthread_mutex_lock(&start_mu);
-    pthread_mutex_lock(&R.mu);
+    lock(&start_mu);
+    lock(&R.mu);
 }
 
 static void atfork_parent(void) {
-    pthread_mutex_unlock(&R.mu);
-    pthread_mutex_unlock(&start_mu);
     aw_table_unlock();
+    unlock(&R.mu);
+    unlock(&start_mu);
 }
 
 static void atfork_child(void) {
     pthread_mutex_unlock(&R.mu);
     pthread_mutex_unlock(&start_mu);
+    locks_held = 0;
+    atomic_store(&threads_locking, 0);
     aw_table_unlock();
     pthread_cond_init(&R.not_empty, NULL);
     pthread_cond_init(&R.not_full, NULL);
