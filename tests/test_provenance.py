@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import subprocess
+import sys
 import sysconfig
 import threading
 import zipfile
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from auditwatch.collector.codestore import CodeStore, decode_text
-from helpers import Audited, arg_text, run_launched
+from helpers import Audited, arg_text, audit_env, launcher_path, read_records, run_launched
 
 
 def sha(data: bytes) -> str:
@@ -130,6 +132,57 @@ def test_code_cap_marks_the_cut(tmp_path):
     _, prov = store(tmp_path, a)
     (entry,) = [t for t in prov["texts"] if t["sha256"] == sha(big.encode())]
     assert not entry["stored"] and "cut" in entry["reason"]
+
+
+STDIN_SCRIPT = (
+    "import os, stat, sys\n"
+    "kind = 'fifo' if stat.S_ISFIFO(os.fstat(0).st_mode) else 'file'\n"
+    "print(kind, sys.argv[1:], repr(sys.stdin.read()))\n"
+)
+
+
+@pytest.mark.parametrize("launched", [True, False], ids=["launcher", "site"])
+@pytest.mark.parametrize("size", ["small", "beyond-a-pipe"])
+@pytest.mark.parametrize("how", ["pipe", "file"])
+def test_stdin_script_text_is_on_record(tmp_path, launched, size, how):
+    # `cmd | python - args` and `python - args < file`: the script is on record with
+    # its hash and text, and the program sees exactly what it would have seen (the
+    # same script, a pipe stays a pipe, stdin at its end once the script is parsed).
+    script = STDIN_SCRIPT if size == "small" else "#" * 100_000 + "\n" + STDIN_SCRIPT
+    argv = [str(launcher_path()) if launched else sys.executable, "-", "a", "b"]
+    env = audit_env(tmp_path)
+    if how == "pipe":
+        proc = subprocess.run(argv, env=env, input=script.encode(), capture_output=True)
+    else:
+        path = tmp_path / "script.py"
+        path.write_text(script)
+        with open(path, "rb") as f:
+            proc = subprocess.run(argv, env=env, stdin=f, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    kind = "fifo" if how == "pipe" else "file"
+    assert proc.stdout.decode() == f"{kind} ['a', 'b'] ''\n"
+    a = Audited(proc, read_records(tmp_path / "records.jsonl"))
+    rec = texts(a)[sha(script.encode())]
+    assert rec["args"][1:3] == [len(script), "<stdin>"]
+    cs, prov = store(tmp_path, a)
+    assert (cs.directory / sha(script.encode())).read_text() == script
+    (entry,) = [t for t in prov["texts"] if t["sha256"] == sha(script.encode())]
+    assert entry["origin"] == "<stdin>" and entry["stored"]
+
+
+def test_stdin_script_past_the_capture_cap_still_runs_unchanged(tmp_path):
+    # Past 16 MiB the text is not captured, and everything read so far is fed back
+    # with the rest of the stream: the program still gets all of it.
+    script = ("#" * 99 + "\n") * 170_000 + STDIN_SCRIPT
+    env = audit_env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-", "x"], env=env, input=script.encode(), capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == "fifo ['x'] ''\n"
+    a = Audited(proc, read_records(tmp_path / "records.jsonl"))
+    assert not [r for r in a.events("auditwatch.code") if r["args"][2] == "<stdin>"]
+    assert a.events("cpython.run_stdin")
 
 
 def test_main_script_and_builtin_modules(tmp_path):

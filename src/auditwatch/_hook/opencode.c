@@ -22,7 +22,8 @@
  *    `cpython.run_file` it hashes the main script (which CPython reads without the
  *    open-code hook) and applies the manifest; for `cpython.run_stdin` it applies
  *    the `auditwatch.mode.interactive` / `auditwatch.mode.stdin` table entries,
- *    telling the REPL (stdin is a terminal) from a piped script.
+ *    telling the REPL (stdin is a terminal) from a piped script, and records the
+ *    text of a piped or redirected script (capture_stdin).
  *
  * Nothing here runs Python code on an event argument or a path handed to the hook:
  * a str subclass is copied to an exact str in C, paths are encoded in C, files are
@@ -34,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,6 +171,52 @@ static int manifest_allows(const char *hex) {
 
 /* ---- reading a file in C ---------------------------------------------------------- */
 
+/* Read fd to its end into a new buffer (*data, *size; the caller frees it); hint is
+ * the expected size. 0 at the end of the data; EFBIG when max bytes were read
+ * and more may follow (the bytes read are still returned); else an errno value
+ * (nothing returned). Runs without the GIL. */
+static int read_all(int fd, size_t hint, size_t max, char **data, size_t *size) {
+    size_t cap = hint > 0 && hint < max ? hint + 1 : (max < 65536 ? max : 65536);
+    char *buf = malloc(cap);
+    size_t len = 0;
+    int rc = 0;
+    while (buf) {
+        if (len == cap) {
+            if (cap >= max) {
+                rc = EFBIG;
+                break;
+            }
+            size_t grown = cap * 2 < max ? cap * 2 : max;
+            char *bigger = realloc(buf, grown);
+            if (!bigger) {
+                rc = ENOMEM;
+                break;
+            }
+            buf = bigger;
+            cap = grown;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = errno;
+            break;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    if (!buf)
+        return ENOMEM;
+    if (rc && rc != EFBIG) {
+        free(buf);
+        return rc;
+    }
+    *data = buf;
+    *size = len;
+    return rc;
+}
+
 /* Read a whole regular file; 0, or an errno value. Runs without the GIL. */
 static int read_file(const char *path, char **data, size_t *size) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -184,49 +232,16 @@ static int read_file(const char *path, char **data, size_t *size) {
         close(fd);
         return EISDIR;
     }
-    size_t cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 65536;
-    if (cap > MAX_CODE_FILE) {
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > MAX_CODE_FILE) {
         close(fd);
         return EFBIG;
     }
-    char *buf = malloc(cap);
-    size_t len = 0;
-    int rc = 0;
-    while (buf) {
-        if (len == cap) {
-            if (cap >= MAX_CODE_FILE) {
-                rc = EFBIG;
-                break;
-            }
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger) {
-                rc = ENOMEM;
-                break;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, buf + len, cap - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = errno;
-            break;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
+    size_t hint = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
+    int rc = read_all(fd, hint, MAX_CODE_FILE, data, size);
     close(fd);
-    if (!buf)
-        return ENOMEM;
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    *data = buf;
-    *size = len;
-    return 0;
+    if (rc == EFBIG)
+        free(*data);
+    return rc;
 }
 
 /* Path str (any str subclass) -> exact str copy and file-system bytes, in C only. */
@@ -491,6 +506,145 @@ static int main_script(PyObject *filename) {
     return action;
 }
 
+/* ---- a script read from stdin ---------------------------------------------------------
+ * `python < script.py`, `curl ... | python -`: CPython parses the script straight
+ * from the stream and hands no hook its text. At cpython.run_stdin nothing has read
+ * fd 0 yet, so read the script here, first, and give it back unchanged: a regular
+ * file is read and rewound; a pipe is read to its end and replaced on fd 0 by a new
+ * pipe that holds the same bytes (fed by a thread when they are more than a pipe
+ * holds, with whatever is past STDIN_MAX copied through). Sockets and character
+ * devices are left alone: replacing them would change what the program sees. */
+
+#define STDIN_MAX ((size_t)16 << 20)
+
+typedef struct {
+    char *data;
+    size_t len;
+    int from, to; /* copy the rest of `from` (or -1) after data, into `to` */
+} feed_job;
+
+static void write_fully(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* the reader went away: nothing left to give */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void *feed_stdin(void *arg) {
+    feed_job *job = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    write_fully(job->to, job->data, job->len);
+    if (job->from >= 0) {
+        char chunk[65536];
+        for (;;) {
+            ssize_t r = read(job->from, chunk, sizeof chunk);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            write_fully(job->to, chunk, (size_t)r);
+        }
+        close(job->from);
+    }
+    close(job->to);
+    free(job->data);
+    free(job);
+    return NULL;
+}
+
+/* Put data (and, when more, the rest of the original fd 0) back on fd 0 through the
+ * pipe p. Takes ownership of data. Runs without the GIL. */
+static void refeed_stdin(int p[2], char *data, size_t len, int more) {
+    int rest = more ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
+    int room = fcntl(p[1], F_GETPIPE_SZ);
+    if (!more && room >= 0 && (size_t)room < len)
+        room = fcntl(p[1], F_SETPIPE_SZ, (int)(len < INT32_MAX ? len : INT32_MAX));
+    dup2(p[0], 0);
+    close(p[0]);
+    if (!more && room >= 0 && (size_t)room >= len) {
+        write_fully(p[1], data, len);
+        close(p[1]);
+        free(data);
+        return;
+    }
+    feed_job *job = malloc(sizeof *job);
+    pthread_t t;
+    if (job) {
+        *job = (feed_job){data, len, rest, p[1]};
+        if (pthread_create(&t, NULL, feed_stdin, job) == 0) {
+            pthread_detach(t);
+            return;
+        }
+        free(job);
+    }
+    /* No thread: give back what fits, so the script is cut rather than hung. */
+    write_fully(p[1], data, room > 0 && (size_t)room < len ? (size_t)room : len);
+    close(p[1]);
+    if (rest >= 0)
+        close(rest);
+    free(data);
+}
+
+static void capture_stdin(void) {
+    struct stat st;
+    if (fstat(0, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode)))
+        return;
+    char *data = NULL;
+    size_t len = 0;
+    int rc;
+    if (S_ISREG(st.st_mode)) {
+        off_t at = lseek(0, 0, SEEK_CUR);
+        if (at < 0)
+            return;
+        Py_BEGIN_ALLOW_THREADS
+        rc = read_all(0, st.st_size > at ? (size_t)(st.st_size - at) : 0, STDIN_MAX, &data, &len);
+        lseek(0, at, SEEK_SET);
+        Py_END_ALLOW_THREADS
+        if (rc != 0) {
+            if (rc == EFBIG)
+                free(data);
+            return;
+        }
+    } else {
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0)
+            return; /* cannot give it back: do not take it */
+        char *copy = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        rc = read_all(0, 0, STDIN_MAX, &data, &len);
+        if (rc == 0 && (copy = malloc(len ? len : 1)) != NULL)
+            memcpy(copy, data, len);
+        if (rc == 0 || rc == EFBIG) {
+            refeed_stdin(p, data, len, rc == EFBIG);
+        } else {
+            close(p[0]); /* a read error: CPython will meet it too */
+            close(p[1]);
+        }
+        Py_END_ALLOW_THREADS
+        data = copy;
+        if (rc != 0 || data == NULL) {
+            free(data);
+            return;
+        }
+    }
+    PyObject *text = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    PyObject *origin = PyUnicode_FromString("<stdin>");
+    free(data);
+    if (text && origin)
+        record_code_text(text, origin);
+    else
+        PyErr_Clear();
+    Py_XDECREF(text);
+    Py_XDECREF(origin);
+}
+
 int aw_code_event(const char *event, PyObject *args, int action, const char **rule) {
     /* Cheap exit for everything but compile and cpython.run_*. */
     if (event[0] != 'c' || action == AW_IGNORE || args == NULL || !PyTuple_Check(args))
@@ -524,6 +678,8 @@ int aw_code_event(const char *event, PyObject *args, int action, const char **ru
         if (table_action(mode, &mode_rule) == AW_DENY) {
             action = AW_DENY;
             *rule = mode_rule;
+        } else if (!isatty(0)) {
+            capture_stdin();
         }
     }
     PyErr_Clear();
