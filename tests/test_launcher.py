@@ -40,11 +40,19 @@ def test_startup_is_on_record_with_the_launcher(tmp_path):
 
 
 def test_startup_is_not_on_record_without_it(tmp_path):
-    a = run_audited(tmp_path, STATUS)
-    assert a.proc.stdout.strip() == "site"
+    a = run_audited(tmp_path, STATUS + "; import json; print(_hook.status()['open_code'])")
+    assert a.proc.stdout.split() == ["site", "True"]
     assert {r["installed"] for r in a.records} == {"site"}
     assert "site" not in [arg_text(r["args"][0]) for r in a.events("import")]
-    assert a.events("auditwatch.open_code") == []  # no open-code hook at site time
+    # The open-code hook is set with the hook, during site: site itself and what it
+    # imported were read before it; later .pth files and the command's imports are
+    # on record.
+    opened = [arg_text(r["args"][0]) for r in a.events("auditwatch.open_code")]
+    assert not [p for p in opened if "/site.py" in p or "/site.cpython" in p]
+    assert not [p for p in opened if "/os.py" in p or "/os.cpython" in p]
+    assert any("/json/" in p for p in opened)
+    # auditwatch's own open-code hook is not reported as the program's
+    assert a.events("setopencodehook") == []
 
 
 def test_launcher_without_configuration_warns_and_runs(tmp_path):

@@ -205,6 +205,11 @@ int aw_installed(void);
 /* ---- the hook (hook.c) --------------------------------------------------- */
 
 int aw_audit_hook(const char *event, PyObject *args, void *userdata);
+/* The open-code hook (opencode.c): register it (manifest NULL for none); 0 or -1
+ * with a message in err. */
+int aw_opencode_install(const char *manifest_file, char *err, size_t errlen);
+int aw_opencode_installed(void);
+
 /* Provenance and start-up policies for compile and cpython.run_* (opencode.c);
  * returns the action, possibly turned into a denial. */
 int aw_code_event(const char *event, PyObject *args, int action, const char **rule);

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-extern atomic_int aw_probe_seen, aw_probing;
+extern atomic_int aw_probe_seen, aw_probing, aw_self_opencode;
 unsigned long long aw_hook_reentrant(void);
 unsigned long long aw_hook_denied(void);
 
@@ -56,6 +56,13 @@ static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) 
                         "hook; install auditwatch before it (site start-up or the launcher)");
         return NULL;
     }
+    /* Files read as code from now on are on record too (the launcher sets this hook
+     * before start-up). Fails quietly when the program already has one of its own:
+     * status() then says open_code: False. Our own setopencodehook event is not an
+     * event of the program's (aw_self_opencode). */
+    atomic_store(&aw_self_opencode, 1);
+    aw_opencode_install(NULL, err, sizeof err);
+    atomic_store(&aw_self_opencode, 0);
     return PyUnicode_FromString(aw_proc.run);
 }
 
@@ -67,7 +74,7 @@ static PyObject *hook_status(PyObject *self, PyObject *noargs) {
     aw_ring_counters(&c);
     static const char *states[] = {"none", "sink", "spool", "lost"};
     const char *state = c.sink_state >= 0 && c.sink_state < 4 ? states[c.sink_state] : "?";
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s,s:O}",
                          "installed", aw_proc.installed, "run", aw_proc.run, "parent_run",
                          aw_proc.parent_run, "pid", (int)aw_proc.pid, "sink", aw_opts.sink,
                          "policy", aw_opts.policy == AW_POLICY_DROP ? "drop" : "wait", "queued",
@@ -77,7 +84,8 @@ static PyObject *hook_status(PyObject *self, PyObject *noargs) {
                          "heartbeats", (unsigned long long)c.heartbeats, "reentrant",
                          aw_hook_reentrant(), "denied", aw_hook_denied(), "ack_timeouts",
                          (unsigned long long)c.ack_timeouts, "sink_state", state,
-                         "sink_error", c.sink_error);
+                         "sink_error", c.sink_error, "open_code",
+                         aw_opencode_installed() ? Py_True : Py_False);
 }
 
 static PyObject *hook_flush(PyObject *self, PyObject *args) {

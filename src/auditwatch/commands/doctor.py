@@ -88,7 +88,8 @@ def diagnose(root: Path) -> dict:
         not_covered += [
             "children started with python -S: site (and the bootstrap) does not run",
             "start-up before site runs the bootstrap: site itself, earlier .pth files",
-            "files opened as code (no open-code hook without the launcher)",
+            "files opened as code before the bootstrap (the open-code hook is set at "
+            "site start-up, after site itself and earlier .pth files)",
         ]
     elif pth:
         covered.append("Python processes started with AUDITWATCH_SINK in their environment")
