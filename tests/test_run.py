@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,6 +65,34 @@ def test_bundled_example(tmp_path):
     assert "print('hello from the network')" in compiled
     assert "print('decoded and run')" in compiled
     assert (rundir / "summary.json").exists() and (rundir / "command.json").exists()
+    # Every piece of code that ran, and where it came from.
+    code = summary["code"]
+    assert code["provenance"] == "codes/provenance.json"
+    assert code["executed_by_origin"]["file"] > 10 and code["executed_by_origin"]["string"] >= 2
+    listing = subprocess.run(
+        [AUDITWATCH, "code", str(rundir)], capture_output=True, text=True, check=True
+    ).stdout
+    assert str(example / "suspicious.py") in listing
+    strings = subprocess.run(
+        [AUDITWATCH, "code", str(rundir), "--origin", "string"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert strings[0].split() == ["ORIGIN", "CODE", "FROM", "SHA256", "RUN"]
+    assert len(strings) > 1 and all(line.startswith("string ") for line in strings[1:])
+    downloaded = b"print('hello from the network')"
+    digest = hashlib.sha256(downloaded).hexdigest()
+    shown = subprocess.run(
+        [AUDITWATCH, "code", str(rundir), "--text", digest[:10]],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert shown == downloaded
+    missing = subprocess.run(
+        [AUDITWATCH, "code", str(rundir), "--text", "ffff0000"], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "no stored text" in missing.stderr
 
 
 def test_exit_code_passes_through_and_terminal_summary(tmp_path):

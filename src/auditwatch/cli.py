@@ -56,6 +56,9 @@ def _register() -> None:
     from auditwatch.commands import doctor
 
     main.add_command(doctor.command)
+    from auditwatch.commands import code
+
+    main.add_command(code.command)
     from auditwatch.commands import manifest
 
     main.add_command(manifest.command)

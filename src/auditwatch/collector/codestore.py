@@ -17,7 +17,9 @@ were compiled, UTF-8 for str sources), when it arrived whole, its hash checks ou
 and it is no longer than ``max_bytes``; ``codes/index.jsonl`` lists every text
 seen with where it came from and whether it was stored. ``finish()`` writes
 ``codes/provenance.json``: the files, the texts, and every executed code object
-classified by origin (``file``, ``zip``, ``frozen``, ``string``, ``memory``),
+classified by origin (``file``, ``zip``, ``frozen``, ``string`` with the text's
+hash, or the candidates when several texts were compiled under the same name,
+``memory``),
 plus the imports that ran no Python code read through the hook (``built-in``,
 ``native`` extension or otherwise not read as a file).
 
@@ -157,7 +159,12 @@ class CodeStore:
     def provenance(self) -> dict:
         """Every piece of code that ran, and where each came from."""
         opened = {f["path"]: f for f in self.files if isinstance(f["path"], str)}
-        by_origin = {t["origin"]: t for t in self.texts.values() if isinstance(t["origin"], str)}
+        # A code object names the filename it was compiled under, not its text: when
+        # several texts share that name, all of them are candidates.
+        by_origin: dict[str, list[str]] = {}
+        for t in self.texts.values():
+            if isinstance(t["origin"], str):
+                by_origin.setdefault(t["origin"], []).append(t["sha256"])
         archives = [p for p in opened if p.endswith((".zip", ".egg", ".whl", ".pyz"))]
         executed = []
         files_seen = set()
@@ -174,7 +181,11 @@ class CodeStore:
                 archive = next(a for a in archives if file.startswith(a + os.sep))
                 item.update(origin="zip", archive=archive, archive_sha256=opened[archive]["sha256"])
             elif file in by_origin:
-                item.update(origin="string", text_sha256=by_origin[file]["sha256"])
+                candidates = by_origin[file]
+                if len(candidates) == 1:
+                    item.update(origin="string", text_sha256=candidates[0])
+                else:
+                    item.update(origin="string", text_candidates=sorted(candidates))
             else:
                 item["origin"] = "memory"  # no open-code read and no recorded text
             executed.append(item)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from auditwatch.collector.alerts import LiveAlerts
+from auditwatch.collector.codestore import CodeStore
 from auditwatch.collector.rundir import RunDirectory
 from auditwatch.collector.service import CollectorService
 from auditwatch.collector.summary import Summary
@@ -95,6 +96,20 @@ def with_launcher(argv: list[str]) -> list[str]:
     except OSError:
         return argv
     return [launcher, *argv[1:]] if same else argv
+
+
+def code_summary(provenance: dict) -> dict:
+    """How much code ran, by where it came from (the details: codes/provenance.json)."""
+    origins: dict[str, int] = {}
+    for item in provenance["executed"]:
+        origins[item["origin"]] = origins.get(item["origin"], 0) + 1
+    return {
+        "provenance": "codes/provenance.json",
+        "files_read": len(provenance["files"]),
+        "texts": len(provenance["texts"]),
+        "texts_stored": sum(1 for t in provenance["texts"] if t.get("stored")),
+        "executed_by_origin": dict(sorted(origins.items())),
+    }
 
 
 def load_rules(files: tuple[str, ...], no_defaults: bool) -> Any:
@@ -214,11 +229,12 @@ def command(
         rundir.reject(reason, raw, peer)
 
     live = None if quiet else LiveAlerts(sys.stderr)
+    codes = CodeStore(rundir.path / "codes")
     service = CollectorService(
         sock_path,
         store,
         ruleset,
-        sinks=[rundir, summary],
+        sinks=[rundir, summary, codes],
         on_alert=live.show if live is not None else None,
         on_reject=reject,
         spool_dir=str(spool),
@@ -239,6 +255,7 @@ def command(
         result = summary.as_dict(argv, exit_code, still_running)
         result.update(service.summary())
         result["store"] = "store.sqlite"
+        result["code"] = code_summary(codes.finish())
         rundir.finish(result)
     if live is not None:
         live.finish()

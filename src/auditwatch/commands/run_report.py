@@ -59,6 +59,13 @@ def render_summary(result: dict, rundir: Path, stream: IO[str]) -> None:
     cats = result["events_by_category"]
     if cats:
         console.print("[bold]events[/bold]  " + ", ".join(f"{c} {n}" for c, n in cats.items()))
+    code = result.get("code")
+    if code and code["executed_by_origin"]:
+        ran = ", ".join(f"{o} {n}" for o, n in code["executed_by_origin"].items())
+        console.print(
+            f"[bold]code[/bold]  {ran}; {code['files_read']} file(s) read, "
+            f"{code['texts_stored']} text(s) kept  ->  {code['provenance']}"
+        )
     sections = [
         ("files opened for writing", result["files_written"]),
         ("processes spawned", [s["command"] for s in result["spawned"]]),

@@ -75,11 +75,14 @@ def table_rows(runs: list[RunSummary]) -> list[list[str]]:
 
 
 def plain_table(rows: list[list[str]]) -> str:
-    """Aligned columns for pipes and files: numbers right, text left."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    right = {3, 5, 6, 7}
+    return plain_table_with(HEADERS, rows, right={3, 5, 6, 7})
+
+
+def plain_table_with(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    """Aligned columns for pipes and files: the `right` columns (numbers) right."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = []
-    for r in [[h.upper() for h in HEADERS], *rows]:
+    for r in [[h.upper() for h in headers], *rows]:
         cells = [
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
         ]
