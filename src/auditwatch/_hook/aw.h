@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
@@ -191,6 +192,13 @@ void aw_proc_prepare_run(void);
 void aw_proc_deferred_term(void);
 int aw_proc_term_deferred(void);
 int aw_ring_locks_held(void);
+/* Lock a mutex the exit path needs (counted per thread: see ring.c). */
+void aw_lock(pthread_mutex_t *m);
+void aw_unlock(pthread_mutex_t *m);
+/* Hashing files read as code off the importing thread (hasher.c). submit takes
+ * ownership of record and data when it returns 0. */
+int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size);
+void aw_hasher_drain(void);
 void aw_ring_register_atfork(void);
 
 /* ---- installation (install.c) --------------------------------------------- */
@@ -216,6 +224,9 @@ int aw_code_event(const char *event, PyObject *args, int action, const char **ru
 /* An event record with its own encoding limits (the code text of provenance). */
 uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *action,
                                 const char *rule, const aw_limits *lim);
+/* Format one event record into b without queueing it (GIL held). */
+void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
+                     const char *rule, const aw_limits *lim);
 /* Encode and queue one event record; returns the ticket (0 if dropped). */
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
                          int may_release_gil);

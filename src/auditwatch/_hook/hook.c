@@ -37,37 +37,42 @@ uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *a
     return aw_record_event_with(event, args, action, rule, lim, 1);
 }
 
+void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
+                     const char *rule, const aw_limits *lim) {
+    PyThreadState *ts = AW_TSTATE();
+    aw_buf_puts(b, "\"ts\":");
+    aw_buf_int(b, aw_now_ns());
+    aw_buf_puts(b, ",\"tid\":");
+    aw_buf_int(b, (long long)aw_gettid());
+    aw_buf_puts(b, ",\"interp\":");
+    aw_buf_int(b, interp_id(ts));
+    aw_buf_puts(b, ",\"kind\":\"event\",\"event\":");
+    size_t n = strlen(event);
+    aw_buf_cstr(b, event, n > MAX_EVENT_NAME ? MAX_EVENT_NAME : n);
+    if (n > MAX_EVENT_NAME) {
+        aw_buf_puts(b, ",\"event_len\":");
+        aw_buf_uint(b, n);
+    }
+    aw_buf_puts(b, ",\"args\":");
+    aw_encode_args(b, args, lim);
+    aw_buf_puts(b, ",\"where\":");
+    aw_encode_where(b, ts);
+    aw_buf_puts(b, ",\"action\":\"");
+    aw_buf_puts(b, action);
+    aw_buf_putc(b, '"');
+    if (rule) {
+        aw_buf_puts(b, ",\"rule\":");
+        aw_buf_cstr(b, rule, strlen(rule));
+    }
+}
+
 static uint64_t aw_record_event_with(const char *event, PyObject *args, const char *action,
                                      const char *rule, const aw_limits *lim, int may_release_gil) {
     aw_writer_ensure();
-    PyThreadState *ts = AW_TSTATE();
     char storage[2048];
     aw_buf b;
     aw_buf_init(&b, storage, sizeof storage);
-    aw_buf_puts(&b, "\"ts\":");
-    aw_buf_int(&b, aw_now_ns());
-    aw_buf_puts(&b, ",\"tid\":");
-    aw_buf_int(&b, (long long)aw_gettid());
-    aw_buf_puts(&b, ",\"interp\":");
-    aw_buf_int(&b, interp_id(ts));
-    aw_buf_puts(&b, ",\"kind\":\"event\",\"event\":");
-    size_t n = strlen(event);
-    aw_buf_cstr(&b, event, n > MAX_EVENT_NAME ? MAX_EVENT_NAME : n);
-    if (n > MAX_EVENT_NAME) {
-        aw_buf_puts(&b, ",\"event_len\":");
-        aw_buf_uint(&b, n);
-    }
-    aw_buf_puts(&b, ",\"args\":");
-    aw_encode_args(&b, args, lim);
-    aw_buf_puts(&b, ",\"where\":");
-    aw_encode_where(&b, ts);
-    aw_buf_puts(&b, ",\"action\":\"");
-    aw_buf_puts(&b, action);
-    aw_buf_putc(&b, '"');
-    if (rule) {
-        aw_buf_puts(&b, ",\"rule\":");
-        aw_buf_cstr(&b, rule, strlen(rule));
-    }
+    aw_format_event(&b, event, args, action, rule, lim);
     uint64_t ticket = 0;
     if (!b.oom)
         ticket = aw_ring_put(b.p, b.len, may_release_gil ? AW_PUT_RELEASE_GIL : 0);

@@ -309,9 +309,38 @@ static int read_file_nogil(PyObject *fs, char **data, size_t *size) {
 
 /* ---- the open-code hook ------------------------------------------------------------- */
 
+/* The open_code record with a placeholder where the hash goes, for the hasher
+ * thread (hasher.c); takes *data when queued. 0 queued, -1 not (hash in place). */
+#define HEX_PLACEHOLDER "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+
+static int queue_open_code(PyObject *exact, size_t size, char **data) {
+    PyObject *args = Py_BuildValue("(Ons)", exact, (Py_ssize_t)size, HEX_PLACEHOLDER);
+    if (args == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    aw_writer_ensure();
+    aw_buf b;
+    aw_buf_init(&b, NULL, 0);
+    aw_format_event(&b, "auditwatch.open_code", args, "record", NULL, &aw_default_limits);
+    Py_DECREF(args);
+    /* The args array ends at the first `"],"where":` (inside a JSON string a quote
+     * is escaped): the placeholder is the 64 bytes before it. */
+    static const char END[] = "\"],\"where\":";
+    char *end = b.oom || !b.heap ? NULL : memmem(b.p, b.len, END, sizeof END - 1);
+    size_t at = end ? (size_t)(end - b.p) - 64 : 0;
+    if (end == NULL || end - b.p < 64 || memcmp(b.p + at, HEX_PLACEHOLDER, 64) != 0 ||
+        aw_hasher_submit(b.p, b.len, at, *data, size) < 0) {
+        aw_buf_free(&b);
+        return -1;
+    }
+    *data = NULL;
+    return 0;
+}
+
 static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
     (void)userdata;
-    PyObject *exact = NULL, *fs = NULL, *result = NULL;
+    PyObject *exact = NULL, *fs = NULL, *result = NULL, *bytes = NULL;
     if (path_arg(path, &exact, &fs) < 0)
         return NULL;
     char *data = NULL;
@@ -322,23 +351,30 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exact);
         goto done;
     }
-    char hex[65];
-    aw_sha256_hex(data, size, hex);
-    int action = record_code_file(exact, size, hex);
-    if (action == AW_DENY) {
-        if (manifest_allows(hex))
-            PyErr_Format(PyExc_PermissionError, "auditwatch: opening %U as code denied by '%.200s'",
-                         exact, "auditwatch.open_code");
-        else
-            PyErr_Format(PyExc_PermissionError,
-                         "auditwatch: %U (sha256 %s) is not in the manifest %s: refused to open it "
-                         "as code",
-                         exact, hex, manifest_path);
-        goto done;
-    }
-    PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
+    bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
     if (bytes == NULL)
         goto done;
+    const char *rule = NULL;
+    int action = table_action("auditwatch.open_code", &rule);
+    /* Nothing waits for the hash (no manifest, recorded rather than flushed or
+     * denied): hash off this thread. Nothing needs it at all when ignored. */
+    if (manifest == NULL && action == AW_IGNORE) {
+    } else if (manifest != NULL || action != AW_RECORD || queue_open_code(exact, size, &data) < 0) {
+        char hex[65];
+        aw_sha256_hex(data, size, hex);
+        if (record_code_file(exact, size, hex) == AW_DENY) {
+            if (manifest_allows(hex))
+                PyErr_Format(PyExc_PermissionError,
+                             "auditwatch: opening %U as code denied by '%.200s'", exact,
+                             "auditwatch.open_code");
+            else
+                PyErr_Format(PyExc_PermissionError,
+                             "auditwatch: %U (sha256 %s) is not in the manifest %s: refused to "
+                             "open it as code",
+                             exact, hex, manifest_path);
+            goto done;
+        }
+    }
     PyObject *io = PyImport_ImportModuleLevel("_io", NULL, NULL, NULL, 0);
     if (io != NULL) {
         PyObject *bytesio = PyObject_GetAttrString(io, "BytesIO");
@@ -348,9 +384,9 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
         }
         Py_DECREF(io);
     }
-    Py_DECREF(bytes);
 done:
     free(data);
+    Py_XDECREF(bytes);
     Py_XDECREF(exact);
     Py_XDECREF(fs);
     return result;

@@ -175,6 +175,7 @@ static atomic_int exit_written;
 void aw_proc_exit_record(const char *how, int code, int sig) {
     if (!atomic_load(&aw_proc.active))
         return;
+    aw_hasher_drain(); /* records of files read as code come before the exit record */
     if (atomic_exchange(&exit_written, 1)) {
         /* Another exit path got here first (os._exit racing SIGTERM, as when a pool
          * terminates workers that are finishing): let its record drain before

@@ -97,13 +97,13 @@ int aw_ring_locks_held(void) {
     return atomic_load_explicit(&threads_locking, memory_order_acquire) ? locks_held : 0;
 }
 
-static void lock(pthread_mutex_t *m) {
+void aw_lock(pthread_mutex_t *m) {
     if (locks_held++ == 0)
         atomic_fetch_add_explicit(&threads_locking, 1, memory_order_acq_rel);
     pthread_mutex_lock(m);
 }
 
-static void unlock(pthread_mutex_t *m) {
+void aw_unlock(pthread_mutex_t *m) {
     pthread_mutex_unlock(m);
     if (--locks_held == 0) {
         atomic_fetch_sub_explicit(&threads_locking, 1, memory_order_acq_rel);
@@ -155,7 +155,7 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
         deadline_in(&keep_deadline, aw_opts.flush_timeout + 3.0);
     PyThreadState *saved = NULL;
     int give_up = 0, term_wait = 0;
-    lock(&R.mu);
+    aw_lock(&R.mu);
     while (R.cap - (R.head - R.tail) < need) {
         int can_wait = atomic_load(&R.writer_running) && !R.stop && !give_up &&
                        (keep || aw_opts.policy == AW_POLICY_WAIT);
@@ -164,17 +164,17 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
             R.c.dropped++;
             if (R.writer_waiting)
                 pthread_cond_signal(&R.not_empty);
-            unlock(&R.mu);
+            aw_unlock(&R.mu);
             if (saved)
                 PyEval_RestoreThread(saved);
             return 0;
         }
         if (saved == NULL && may_release_gil) {
             /* Waiting for room can take a while: let other threads run meanwhile. */
-            unlock(&R.mu);
+            aw_unlock(&R.mu);
             saved = maybe_release_gil(1);
             may_release_gil = 0;
-            lock(&R.mu);
+            aw_lock(&R.mu);
             continue;
         }
         if (R.writer_waiting)
@@ -204,7 +204,7 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     R.c.queued++;
     if (R.writer_waiting)
         pthread_cond_signal(&R.not_empty);
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
     if (saved)
         PyEval_RestoreThread(saved);
     return ticket;
@@ -217,7 +217,7 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     struct timespec dl;
     deadline_in(&dl, timeout);
     int rc = 0;
-    lock(&R.mu);
+    aw_lock(&R.mu);
     R.flush_wanted = 1;
     if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
@@ -229,7 +229,7 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     }
     if (R.done_ticket < ticket)
         rc = -1;
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
     if (saved)
         PyEval_RestoreThread(saved);
     return rc;
@@ -242,23 +242,23 @@ int aw_flush_indicator(uint64_t ticket) {
 }
 
 void aw_ring_counters(aw_counters *out) {
-    lock(&R.mu);
+    aw_lock(&R.mu);
     *out = R.c;
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
 }
 
 /* ---- sink ------------------------------------------------------------------ */
 
 static void set_sink_error(const char *what, const char *path) {
-    lock(&R.mu);
+    aw_lock(&R.mu);
     snprintf(R.c.sink_error, sizeof R.c.sink_error, "%s %.180s: %.60s", what, path, strerror(errno));
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
 }
 
 static void set_sink_state(int state) {
-    lock(&R.mu);
+    aw_lock(&R.mu);
     R.c.sink_state = state;
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
 }
 
 /* Move fd above the range programs usually manage themselves; remember its identity
@@ -443,7 +443,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
     }
     if (where == TO_NOWHERE && spool_write(p, n) == 0)
         where = TO_SPOOL;
-    lock(&R.mu);
+    aw_lock(&R.mu);
     if (where == TO_NOWHERE) {
         R.c.lost += records;
         R.c.sink_state = 3;
@@ -456,7 +456,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
             R.c.sink_state = 1;
         }
     }
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
     return where;
 }
 
@@ -619,7 +619,7 @@ static void *writer_main(void *arg) {
     aw_buf_init(&out, NULL, 0);
     uint64_t total_dropped = 0;
 
-    lock(&R.mu);
+    aw_lock(&R.mu);
     for (;;) {
         int heartbeat = 0;
         if (R.head == R.tail && !R.stop && !R.dropped_pending) {
@@ -650,7 +650,7 @@ static void *writer_main(void *arg) {
         int want_ack = R.flush_wanted;
         R.dropped_pending = 0;
         R.flush_wanted = 0;
-        unlock(&R.mu);
+        aw_unlock(&R.mu);
 
         uint64_t records = 0;
         while (tail < head) {
@@ -668,10 +668,10 @@ static void *writer_main(void *arg) {
                     track_sent(out.p, out.len);
                 out.len = 0;
                 records = 0;
-                lock(&R.mu);
+                aw_lock(&R.mu);
                 R.tail = tail;
                 pthread_cond_broadcast(&R.not_full);
-                unlock(&R.mu);
+                aw_unlock(&R.mu);
             }
         }
         if (dropped) {
@@ -680,14 +680,14 @@ static void *writer_main(void *arg) {
             records++;
         }
         if (heartbeat) {
-            lock(&R.mu);
+            aw_lock(&R.mu);
             uint64_t ack_timeouts = R.c.ack_timeouts;
-            unlock(&R.mu);
+            aw_unlock(&R.mu);
             out_meta_record(&out, "heartbeat", "pending", 0, "ack_timeouts", ack_timeouts);
             records++;
-            lock(&R.mu);
+            aw_lock(&R.mu);
             R.c.heartbeats++;
-            unlock(&R.mu);
+            aw_unlock(&R.mu);
         }
         if (out.len) {
             int where = sink_write(out.p, out.len, records);
@@ -700,31 +700,31 @@ static void *writer_main(void *arg) {
                 if (unacked.len)
                     spool_write(unacked.p, unacked.len);
                 unacked.len = 0;
-                lock(&R.mu);
+                aw_lock(&R.mu);
                 R.c.ack_timeouts++;
-                unlock(&R.mu);
+                aw_unlock(&R.mu);
             }
         }
         out.len = 0;
         out.oom = 0;
 
-        lock(&R.mu);
+        aw_lock(&R.mu);
         R.tail = tail;
         R.done_ticket = ticket;
         pthread_cond_broadcast(&R.not_full);
         pthread_cond_broadcast(&R.flushed);
     }
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
     /* Leaving: everything sent must be confirmed, or be on disk. */
     if (unacked.len && S.fd >= 0 && await_ack(unacked_seq) < 0 && unacked.len) {
         spool_write(unacked.p, unacked.len);
         unacked.len = 0;
     }
-    lock(&R.mu);
+    aw_lock(&R.mu);
     R.writer_done = 1;
     pthread_cond_broadcast(&R.flushed);
     pthread_cond_broadcast(&R.stopped);
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
     aw_buf_free(&out);
     return NULL;
 }
@@ -732,16 +732,16 @@ static void *writer_main(void *arg) {
 int aw_writer_ensure(void) {
     if (atomic_load_explicit(&R.writer_running, memory_order_acquire))
         return 0;
-    lock(&start_mu);
+    aw_lock(&start_mu);
     int rc = 0;
     if (!atomic_load(&R.writer_running)) {
         aw_proc_prepare_run();
         if (sink_open() < 0 && spool_open() < 0)
             set_sink_state(3);
-        lock(&R.mu);
+        aw_lock(&R.mu);
         R.stop = 0;
         R.writer_done = 0;
-        unlock(&R.mu);
+        aw_unlock(&R.mu);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setstacksize(&attr, 256 << 10);
@@ -755,7 +755,7 @@ int aw_writer_ensure(void) {
             aw_ring_flush(aw_proc_start_record(), aw_opts.flush_timeout + 1.0, 0);
         }
     }
-    unlock(&start_mu);
+    aw_unlock(&start_mu);
     return rc == 0 ? 0 : -1;
 }
 
@@ -770,7 +770,7 @@ void aw_writer_stop(double timeout) {
     struct timespec dl, hard;
     deadline_in(&dl, timeout);
     deadline_in(&hard, STOP_MAX_S);
-    lock(&R.mu);
+    aw_lock(&R.mu);
     R.stop = 1;
     if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
@@ -785,7 +785,7 @@ void aw_writer_stop(double timeout) {
         tail = R.tail;
         deadline_in(&dl, timeout);
     }
-    unlock(&R.mu);
+    aw_unlock(&R.mu);
 }
 
 /* ---- fork ---------------------------------------------------------------------
@@ -796,14 +796,14 @@ void aw_writer_stop(double timeout) {
 
 static void atfork_prepare(void) {
     aw_table_lock();
-    lock(&start_mu);
-    lock(&R.mu);
+    aw_lock(&start_mu);
+    aw_lock(&R.mu);
 }
 
 static void atfork_parent(void) {
     aw_table_unlock();
-    unlock(&R.mu);
-    unlock(&start_mu);
+    aw_unlock(&R.mu);
+    aw_unlock(&start_mu);
 }
 
 static void atfork_child(void) {

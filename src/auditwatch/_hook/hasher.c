@@ -1,0 +1,149 @@
+/* Hashing files read as code off the importing thread.
+ *
+ * SHA-256 of every module file is most of what auditing adds to a start-up that
+ * imports many modules. When nothing waits for the hash (no manifest, and the
+ * event is recorded rather than flushed or denied), the open-code hook formats the
+ * record with a placeholder where the hash goes and hands it, with the file's bytes,
+ * to this thread, which hashes them, writes the hash in and queues the record. The
+ * record keeps the time of the read; it reaches the ring a little later than the
+ * events after it. The exit record waits for the queue to empty (aw_hasher_drain).
+ * Needs no GIL: it holds no Python object. */
+#include "aw.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Bytes waiting to be hashed; past this, the caller hashes in place. */
+#define QUEUE_MAX ((size_t)64 << 20)
+#define DRAIN_MAX_S 60
+
+typedef struct job {
+    struct job *next;
+    char *record;  /* the formatted record, hash placeholder at hex_at */
+    size_t len, hex_at;
+    char *data;    /* the bytes that were handed to Python */
+    size_t size;
+} job;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t work, idle;
+    job *head, *tail;
+    size_t queued_bytes;
+    int running, busy;
+} H = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+       NULL, NULL, 0, 0, 0};
+
+static void free_job(job *j) {
+    free(j->record);
+    free(j->data);
+    free(j);
+}
+
+static void *hasher_main(void *arg) {
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the program's business */
+    pthread_mutex_lock(&H.mu);
+    for (;;) {
+        while (H.head == NULL)
+            pthread_cond_wait(&H.work, &H.mu);
+        job *j = H.head;
+        H.head = j->next;
+        if (H.head == NULL)
+            H.tail = NULL;
+        H.busy = 1;
+        pthread_mutex_unlock(&H.mu);
+
+        char hex[65];
+        aw_sha256_hex(j->data, j->size, hex);
+        memcpy(j->record + j->hex_at, hex, 64);
+        aw_ring_put(j->record, j->len, 0);
+        size_t size = j->size;
+        free_job(j);
+
+        pthread_mutex_lock(&H.mu);
+        H.busy = 0;
+        H.queued_bytes -= size;
+        if (H.head == NULL)
+            pthread_cond_broadcast(&H.idle);
+    }
+    return NULL;
+}
+
+/* fork: the child does not have the thread; the queued records are the parent's,
+ * and the parent still writes them. */
+static void atfork_prepare(void) { aw_lock(&H.mu); }
+static void atfork_parent(void) { aw_unlock(&H.mu); }
+static void atfork_child(void) {
+    job *j = H.head;
+    while (j) {
+        job *next = j->next;
+        free_job(j);
+        j = next;
+    }
+    H.head = H.tail = NULL;
+    H.queued_bytes = 0;
+    H.running = H.busy = 0;
+    pthread_mutex_unlock(&H.mu);
+    pthread_cond_init(&H.work, NULL);
+    pthread_cond_init(&H.idle, NULL);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
+
+int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size) {
+    if (hex_at + 64 > len)
+        return -1;
+    job *j = malloc(sizeof *j);
+    if (j == NULL)
+        return -1;
+    *j = (job){NULL, record, len, hex_at, data, size};
+    pthread_once(&atfork_once, register_atfork);
+    aw_lock(&H.mu);
+    if (H.queued_bytes + size > QUEUE_MAX) {
+        aw_unlock(&H.mu);
+        free(j);
+        return -1;
+    }
+    if (!H.running) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 128 << 10);
+        int rc = pthread_create(&t, &attr, hasher_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            aw_unlock(&H.mu);
+            free(j);
+            return -1;
+        }
+        pthread_detach(t);
+        H.running = 1;
+    }
+    if (H.tail)
+        H.tail->next = j;
+    else
+        H.head = j;
+    H.tail = j;
+    H.queued_bytes += size;
+    pthread_cond_signal(&H.work);
+    aw_unlock(&H.mu);
+    return 0;
+}
+
+void aw_hasher_drain(void) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += DRAIN_MAX_S;
+    aw_lock(&H.mu);
+    while (H.running && (H.head != NULL || H.busy))
+        if (pthread_cond_timedwait(&H.idle, &H.mu, &dl) != 0 && (H.head != NULL || H.busy))
+            break; /* timed out: the exit record must not wait forever */
+    aw_unlock(&H.mu);
+}
