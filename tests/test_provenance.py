@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from auditwatch.collector.codestore import CodeStore, decode_text
-from helpers import Audited, arg_text, audit_env, launcher_path, read_records, run_launched
+from helpers import (
+    Audited,
+    arg_text,
+    audit_env,
+    launcher_path,
+    read_records,
+    run_audited,
+    run_launched,
+)
 
 
 def sha(data: bytes) -> str:
@@ -183,6 +191,34 @@ def test_stdin_script_past_the_capture_cap_still_runs_unchanged(tmp_path):
     a = Audited(proc, read_records(tmp_path / "records.jsonl"))
     assert not [r for r in a.events("auditwatch.code") if r["args"][2] == "<stdin>"]
     assert a.events("cpython.run_stdin")
+
+
+def test_hashes_made_off_thread_are_right_and_precede_the_exit(tmp_path):
+    # Without a manifest the hash is made on a background thread: every record must
+    # still carry the file's true hash and reach the sink before its process's exit
+    # record, in a parent and in a forked child that leaves at once.
+    code = """\
+        import os
+        import argparse, csv, decimal, email.message, fractions, json, logging, pickle
+        pid = os.fork()
+        if pid == 0:
+            import statistics, tarfile, xml.etree.ElementTree
+            os._exit(0)
+        os.waitpid(pid, 0)
+        import sqlite3, unittest
+    """
+    a = run_audited(tmp_path, code)
+    records = a.events("auditwatch.open_code")
+    assert len(records) > 20
+    for r in records:
+        path = arg_text(r["args"][0])
+        assert r["args"][2] == sha(Path(path).read_bytes()), path
+    exits = {r["run"]: r["seq"] for r in a.kinds("exit")}
+    assert len(exits) == 2
+    for r in records:
+        assert r["seq"] < exits[r["run"]]
+    child = next(run for run in exits if run != a.kinds("start")[0]["run"])
+    assert any("statistics" in arg_text(r["args"][0]) for r in records if r["run"] == child)
 
 
 def test_main_script_and_builtin_modules(tmp_path):
