@@ -179,10 +179,11 @@ def test_stdin_script_text_is_on_record(tmp_path, launched, size, how):
 
 
 def test_stdin_script_past_the_capture_cap_still_runs_unchanged(tmp_path):
-    # Past 16 MiB the text is not captured, and everything read so far is fed back
-    # with the rest of the stream: the program still gets all of it.
-    script = ("#" * 99 + "\n") * 170_000 + STDIN_SCRIPT
-    env = audit_env(tmp_path)
+    # Past the cap (16 MiB by default, 64 KiB here) the text is not captured, and
+    # everything read so far is fed back with the rest of the stream, by a thread:
+    # the program still gets all of it.
+    script = ("#" * 99 + "\n") * 3_000 + STDIN_SCRIPT
+    env = audit_env(tmp_path, AUDITWATCH_STDIN_MAX="65536")
     proc = subprocess.run(
         [sys.executable, "-", "x"], env=env, input=script.encode(), capture_output=True
     )

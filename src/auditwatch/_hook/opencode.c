@@ -548,10 +548,16 @@ static int main_script(PyObject *filename) {
  * fd 0 yet, so read the script here, first, and give it back unchanged: a regular
  * file is read and rewound; a pipe is read to its end and replaced on fd 0 by a new
  * pipe that holds the same bytes (fed by a thread when they are more than a pipe
- * holds, with whatever is past STDIN_MAX copied through). Sockets and character
+ * holds, with whatever is past stdin_max() copied through). Sockets and character
  * devices are left alone: replacing them would change what the program sees. */
 
-#define STDIN_MAX ((size_t)16 << 20)
+/* Bytes of a stdin script read to hash and record it (AUDITWATCH_STDIN_MAX). */
+static size_t stdin_max(void) {
+    const char *env = getenv("AUDITWATCH_STDIN_MAX");
+    char *end = NULL;
+    long long v = env && *env ? strtoll(env, &end, 10) : -1;
+    return v > 0 && end && *end == '\0' ? (size_t)v : (size_t)16 << 20;
+}
 
 typedef struct {
     char *data;
@@ -640,7 +646,7 @@ static void capture_stdin(void) {
         if (at < 0)
             return;
         Py_BEGIN_ALLOW_THREADS
-        rc = read_all(0, st.st_size > at ? (size_t)(st.st_size - at) : 0, STDIN_MAX, &data, &len);
+        rc = read_all(0, st.st_size > at ? (size_t)(st.st_size - at) : 0, stdin_max(), &data, &len);
         lseek(0, at, SEEK_SET);
         Py_END_ALLOW_THREADS
         if (rc != 0) {
@@ -654,7 +660,7 @@ static void capture_stdin(void) {
             return; /* cannot give it back: do not take it */
         char *copy = NULL;
         Py_BEGIN_ALLOW_THREADS
-        rc = read_all(0, 0, STDIN_MAX, &data, &len);
+        rc = read_all(0, 0, stdin_max(), &data, &len);
         if (rc == 0 && (copy = malloc(len ? len : 1)) != NULL)
             memcpy(copy, data, len);
         if (rc == 0 || rc == EFBIG) {
