@@ -601,10 +601,14 @@ static void *feed_stdin(void *arg) {
     return NULL;
 }
 
-/* Put data (and, when more, the rest of the original fd 0) back on fd 0 through the
- * pipe p. Takes ownership of data. Runs without the GIL. */
-static void refeed_stdin(int p[2], char *data, size_t len, int more) {
-    int rest = more ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
+/* Put data (and, when more, the rest of the original stream, rest: a duplicate of
+ * fd 0) back on fd 0 through the pipe p. Takes ownership of data and of rest. Runs
+ * without the GIL. */
+static void refeed_stdin(int p[2], int rest, char *data, size_t len, int more) {
+    if (!more) {
+        close(rest);
+        rest = -1;
+    }
     int room = fcntl(p[1], F_GETPIPE_SZ);
     if (!more && room >= 0 && (size_t)room < len)
         room = fcntl(p[1], F_SETPIPE_SZ, (int)(len < INT32_MAX ? len : INT32_MAX));
@@ -655,19 +659,27 @@ static void capture_stdin(void) {
             return;
         }
     } else {
+        /* Everything needed to give the script back is made before taking it. */
         int p[2];
         if (pipe2(p, O_CLOEXEC) < 0)
-            return; /* cannot give it back: do not take it */
+            return;
+        int rest = fcntl(0, F_DUPFD_CLOEXEC, 3); /* the stream past the cap */
+        if (rest < 0) {
+            close(p[0]);
+            close(p[1]);
+            return;
+        }
         char *copy = NULL;
         Py_BEGIN_ALLOW_THREADS
         rc = read_all(0, 0, stdin_max(), &data, &len);
         if (rc == 0 && (copy = malloc(len ? len : 1)) != NULL)
             memcpy(copy, data, len);
         if (rc == 0 || rc == EFBIG) {
-            refeed_stdin(p, data, len, rc == EFBIG);
+            refeed_stdin(p, rest, data, len, rc == EFBIG);
         } else {
             close(p[0]); /* a read error: CPython will meet it too */
             close(p[1]);
+            close(rest);
         }
         Py_END_ALLOW_THREADS
         data = copy;
