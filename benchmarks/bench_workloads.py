@@ -242,7 +242,8 @@ def startup_table(res: dict[tuple[str, str], list[float]]) -> str:
         "|---|---|---:|---:|---:|",
     ]
     programs = dict.fromkeys(p for p, _ in res)
-    modes = dict.fromkeys(m for _, m in res)
+    seen = {m for _, m in res}
+    modes = [m for m in ("python", "audited from site", "auditwatch-python") if m in seen]
     for p in sorted(programs, key=len):
         base = statistics.median(res[(p, "python")])
         for m in modes:
