@@ -122,6 +122,10 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     if (ts && PyErr_Occurred())
         PyErr_Fetch(&et, &ev, &etb);
 
+    /* An indicator is on record before the operation goes on (an exec replaces the
+     * image): records of files read as code before it, still being hashed, go first. */
+    if (action >= AW_FLUSH)
+        aw_hasher_drain();
     uint64_t ticket = aw_record_event(event, args, ACTION_NAMES[action],
                                       action >= AW_DENY ? rule : NULL, 1);
     if (action >= AW_FLUSH)
