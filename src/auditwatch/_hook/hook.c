@@ -8,7 +8,7 @@
 #define MAX_EVENT_NAME 512
 
 static __thread int in_hook;
-atomic_int aw_probe_seen, aw_probing, aw_self_opencode;
+atomic_int aw_probe_seen, aw_probing;
 static atomic_ullong reentrant, denied;
 
 static const char *ACTION_NAMES[] = {"ignore", "record", "flush", "deny", "monitor"};
@@ -84,9 +84,6 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     (void)userdata;
     if (!atomic_load_explicit(&aw_proc.active, memory_order_relaxed))
         return 0;
-    if (atomic_load_explicit(&aw_self_opencode, memory_order_relaxed) &&
-        strcmp(event, "setopencodehook") == 0)
-        return 0; /* auditwatch's own open-code hook, set by install() */
     aw_decision d;
     aw_table_lookup(event, &d);
     int action = d.action;

@@ -129,6 +129,12 @@ int aw_install(const char *stage, const char *sink, const char *events, const ch
         atomic_store(&installed, 0);
         return rc;
     }
+    /* Files read as code are on record from here on (the launcher: from before
+     * start-up). Set before our audit hook exists, so that its setopencodehook event
+     * is not taken for the program's. A program that already set one keeps it
+     * (status() then says open_code: False). */
+    aw_opencode_install(NULL, err, errlen);
+    err[0] = '\0';
     if (PySys_AddAuditHook(aw_audit_hook, NULL) < 0) {
         atomic_store(&aw_proc.active, 0);
         snprintf(err, errlen, "PySys_AddAuditHook failed");

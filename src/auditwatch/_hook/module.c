@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-extern atomic_int aw_probe_seen, aw_probing, aw_self_opencode;
+extern atomic_int aw_probe_seen, aw_probing;
 unsigned long long aw_hook_reentrant(void);
 unsigned long long aw_hook_denied(void);
 
@@ -56,13 +56,6 @@ static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) 
                         "hook; install auditwatch before it (site start-up or the launcher)");
         return NULL;
     }
-    /* Files read as code from now on are on record too (the launcher sets this hook
-     * before start-up). Fails quietly when the program already has one of its own:
-     * status() then says open_code: False. Our own setopencodehook event is not an
-     * event of the program's (aw_self_opencode). */
-    atomic_store(&aw_self_opencode, 1);
-    aw_opencode_install(NULL, err, sizeof err);
-    atomic_store(&aw_self_opencode, 0);
     return PyUnicode_FromString(aw_proc.run);
 }
 

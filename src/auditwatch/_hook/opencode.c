@@ -355,11 +355,14 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
     if (bytes == NULL)
         goto done;
     const char *rule = NULL;
-    int action = table_action("auditwatch.open_code", &rule);
-    /* Nothing waits for the hash (no manifest, recorded rather than flushed or
-     * denied): hash off this thread. Nothing needs it at all when ignored. */
-    if (manifest == NULL && action == AW_IGNORE) {
-    } else if (manifest != NULL || action != AW_RECORD || queue_open_code(exact, size, &data) < 0) {
+    int action = atomic_load(&aw_proc.active) ? table_action("auditwatch.open_code", &rule)
+                                               : AW_IGNORE; /* the install was refused */
+    /* Without a manifest nothing needs the hash when the event is ignored, and
+     * nothing waits for it when it is only recorded: it is made off this thread. */
+    int hash_here = manifest != NULL ||
+                    (action != AW_IGNORE &&
+                     (action != AW_RECORD || queue_open_code(exact, size, &data) < 0));
+    if (hash_here) {
         char hex[65];
         aw_sha256_hex(data, size, hex);
         if (record_code_file(exact, size, hex) == AW_DENY) {
