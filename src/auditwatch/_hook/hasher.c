@@ -10,6 +10,7 @@
  * Needs no GIL: it holds no Python object. */
 #include "aw.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -32,8 +33,9 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t work, idle;
     job *head, *tail;
-    size_t queued_bytes;
-    int running, busy;
+    size_t queued_bytes; /* of the jobs not yet in the ring */
+    size_t unfinished;   /* jobs not yet in the ring, the one being hashed included */
+    int running;
 } H = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
        NULL, NULL, 0, 0, 0};
 
@@ -56,7 +58,6 @@ static void *hasher_main(void *arg) {
         H.head = j->next;
         if (H.head == NULL)
             H.tail = NULL;
-        H.busy = 1;
         pthread_mutex_unlock(&H.mu);
 
         char hex[65];
@@ -67,9 +68,8 @@ static void *hasher_main(void *arg) {
         free_job(j);
 
         pthread_mutex_lock(&H.mu);
-        H.busy = 0;
         H.queued_bytes -= size;
-        if (H.head == NULL)
+        if (--H.unfinished == 0)
             pthread_cond_broadcast(&H.idle);
     }
     return NULL;
@@ -87,8 +87,8 @@ static void atfork_child(void) {
         j = next;
     }
     H.head = H.tail = NULL;
-    H.queued_bytes = 0;
-    H.running = H.busy = 0;
+    H.queued_bytes = H.unfinished = 0;
+    H.running = 0;
     pthread_mutex_unlock(&H.mu);
     pthread_cond_init(&H.work, NULL);
     pthread_cond_init(&H.idle, NULL);
@@ -132,18 +132,20 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
         H.head = j;
     H.tail = j;
     H.queued_bytes += size;
+    H.unfinished++;
     pthread_cond_signal(&H.work);
     aw_unlock(&H.mu);
     return 0;
 }
 
 void aw_hasher_drain(void) {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += DRAIN_MAX_S;
     aw_lock(&H.mu);
-    while (H.running && (H.head != NULL || H.busy))
-        if (pthread_cond_timedwait(&H.idle, &H.mu, &dl) != 0 && (H.head != NULL || H.busy))
-            break; /* timed out: the exit record must not wait forever */
+    if (H.unfinished) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += DRAIN_MAX_S;
+        while (H.unfinished && pthread_cond_timedwait(&H.idle, &H.mu, &dl) != ETIMEDOUT)
+            ; /* on time-out, go on: the exit record must not wait forever */
+    }
     aw_unlock(&H.mu);
 }
