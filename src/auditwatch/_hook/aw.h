@@ -190,6 +190,7 @@ void aw_proc_after_fork_child(void);
 void aw_proc_prepare_run(void);
 /* SIGTERM that arrived while this thread held a ring lock: finish it now. */
 void aw_proc_deferred_term(void);
+extern atomic_int aw_term_pending; /* set by the SIGTERM handler when it defers */
 int aw_proc_term_deferred(void);
 int aw_ring_locks_held(void);
 /* Lock a mutex the exit path needs (counted per thread: see ring.c). */

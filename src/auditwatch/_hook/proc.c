@@ -225,6 +225,10 @@ static int term_handler_installed, fork_pending;
 static atomic_int term_helper_running;
 static volatile sig_atomic_t term_signal;
 static __thread volatile sig_atomic_t term_deferred;
+/* Some thread has a deferred termination: lets aw_unlock skip the thread-local
+ * check (a TLS lookup in another unit) on every record. Lock-free, so the handler
+ * may set it. */
+atomic_int aw_term_pending;
 
 static void *term_helper(void *arg) {
     (void)arg;
@@ -255,9 +259,10 @@ static void terminate_by(int sig) {
 static void on_sigterm(int sig) {
     int saved = errno;
     term_signal = sig;
-    if (aw_ring_locks_held())
+    if (aw_ring_locks_held()) {
         term_deferred = sig;
-    else
+        atomic_store(&aw_term_pending, 1);
+    } else
         terminate_by(sig);
     errno = saved;
 }
@@ -331,6 +336,7 @@ int aw_proc_install(const char *installed, char *err, size_t errlen) {
 void aw_proc_after_fork_child(void) {
     tid_cache = 0;
     term_deferred = 0;
+    atomic_store(&aw_term_pending, 0);
     fork_pending = 1;
     atomic_store(&exit_written, 0);
     atomic_store(&term_helper_running, 0);

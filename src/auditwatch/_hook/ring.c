@@ -107,7 +107,8 @@ void aw_unlock(pthread_mutex_t *m) {
     pthread_mutex_unlock(m);
     if (--locks_held == 0) {
         atomic_fetch_sub_explicit(&threads_locking, 1, memory_order_acq_rel);
-        aw_proc_deferred_term();
+        if (atomic_load_explicit(&aw_term_pending, memory_order_relaxed))
+            aw_proc_deferred_term();
     }
 }
 
