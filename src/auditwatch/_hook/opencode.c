@@ -648,6 +648,7 @@ static void capture_stdin(void) {
     char *data = NULL;
     size_t len = 0;
     int rc;
+    PyObject *text = NULL;
     if (S_ISREG(st.st_mode)) {
         off_t at = lseek(0, 0, SEEK_CUR);
         if (at < 0)
@@ -656,11 +657,10 @@ static void capture_stdin(void) {
         rc = read_all(0, st.st_size > at ? (size_t)(st.st_size - at) : 0, stdin_max(), &data, &len);
         lseek(0, at, SEEK_SET);
         Py_END_ALLOW_THREADS
-        if (rc != 0) {
-            if (rc == EFBIG)
-                free(data);
-            return;
-        }
+        if (rc == 0)
+            text = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+        if (rc == 0 || rc == EFBIG)
+            free(data);
     } else {
         /* Everything needed to give the script back is made before taking it. */
         int p[2];
@@ -672,11 +672,12 @@ static void capture_stdin(void) {
             close(p[1]);
             return;
         }
-        char *copy = NULL;
         Py_BEGIN_ALLOW_THREADS
         rc = read_all(0, 0, stdin_max(), &data, &len);
-        if (rc == 0 && (copy = malloc(len ? len : 1)) != NULL)
-            memcpy(copy, data, len);
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            text = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+        Py_BEGIN_ALLOW_THREADS
         if (rc == 0 || rc == EFBIG) {
             refeed_stdin(p, rest, data, len, rc == EFBIG);
         } else {
@@ -685,19 +686,11 @@ static void capture_stdin(void) {
             close(rest);
         }
         Py_END_ALLOW_THREADS
-        data = copy;
-        if (rc != 0 || data == NULL) {
-            free(data);
-            return;
-        }
     }
-    PyObject *text = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-    PyObject *origin = PyUnicode_FromString("<stdin>");
-    free(data);
-    if (text && origin)
+    PyObject *origin = text ? PyUnicode_FromString("<stdin>") : NULL;
+    if (origin)
         record_code_text(text, origin);
-    else
-        PyErr_Clear();
+    PyErr_Clear();
     Py_XDECREF(text);
     Py_XDECREF(origin);
 }
