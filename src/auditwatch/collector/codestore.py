@@ -160,11 +160,13 @@ class CodeStore:
         """Every piece of code that ran, and where each came from."""
         opened = {f["path"]: f for f in self.files if isinstance(f["path"], str)}
         # A code object names the filename it was compiled under, not its text: when
-        # several texts share that name, all of them are candidates.
+        # several texts share that name, all of them are candidates. CPython
+        # compiles a -c command under the name <string>.
         by_origin: dict[str, list[str]] = {}
         for t in self.texts.values():
             if isinstance(t["origin"], str):
-                by_origin.setdefault(t["origin"], []).append(t["sha256"])
+                name = "<string>" if t["origin"] == "-c" else t["origin"]
+                by_origin.setdefault(name, []).append(t["sha256"])
         archives = [p for p in opened if p.endswith((".zip", ".egg", ".whl", ".pyz"))]
         executed = []
         files_seen = set()
