@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,7 @@ def command(rundir: Path, origin: str | None, text_sha: str | None, as_json: boo
         click.echo(plain_table_with(HEADERS, rows, right=set()))
     without = data.get("imports_without_code_read") or []
     if without and not origin:
-        counts: dict[str, int] = {}
-        for m in without:
-            counts[m.get("how", "?")] = counts.get(m.get("how", "?"), 0) + 1
+        counts = Counter(m.get("how", "?") for m in without)
         what = ", ".join(f"{n} {how}" for how, n in sorted(counts.items()))
         click.echo(f"\nimports that read no code through the hook: {what}")
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,7 @@ def with_launcher(argv: list[str]) -> list[str]:
 
 def code_summary(provenance: dict) -> dict:
     """How much code ran, by where it came from (the details: codes/provenance.json)."""
-    origins: dict[str, int] = {}
-    for item in provenance["executed"]:
-        origins[item["origin"]] = origins.get(item["origin"], 0) + 1
+    origins = Counter(item["origin"] for item in provenance["executed"])
     return {
         "provenance": "codes/provenance.json",
         "files_read": len(provenance["files"]),
