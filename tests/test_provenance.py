@@ -224,23 +224,32 @@ def test_hashes_made_off_thread_are_right_and_precede_the_exit(tmp_path):
 
 def test_code_compiled_under_a_shared_name_lists_every_candidate_text(tmp_path):
     # A code object names the filename it was compiled under, not its text: the
-    # two texts exec'd as <string> and the -c command (which CPython compiles as
-    # <string> too) are all candidates for each such code object; a text compiled
-    # under a name of its own is tied to its code object alone.
-    code = "exec('a = 1'); exec('b = 2'); exec(compile('c = 3', 'own-name', 'exec'))"
+    # texts its process run compiled under that name are all candidates (the -c
+    # command counts: CPython compiles it as <string>); a text compiled under a name
+    # of its own is tied to its code object alone; another process's texts are not
+    # candidates.
+    code = (
+        "import subprocess, sys; exec('a = 1'); exec('b = 2'); "
+        "exec(compile('c = 3', 'own-name', 'exec')); "
+        "subprocess.run([sys.executable, '-c', 'exec(\\'z = 9\\')'], check=True)"
+    )
     a = run_launched(tmp_path, "-c", code)
     _, prov = store(tmp_path, a)
+    named_string: dict[str, set[str]] = {}  # run -> texts compiled as <string> there
+    for r in a.events("auditwatch.code"):
+        if r["args"][2] in ("<string>", "-c"):
+            named_string.setdefault(r["run"], set()).add(r["args"][0])
+    parent, child = a.kinds("start")[0]["run"], a.kinds("start")[1]["run"]
+    assert {sha(b"a = 1"), sha(b"b = 2"), sha(code.encode() + b"\n")} <= named_string[parent]
+    assert sha(b"z = 9") in named_string[child] and sha(b"a = 1") not in named_string[child]
     strings = [e for e in prov["executed"] if e["origin"] == "string"]
-    shared = [e for e in strings if e["file"] == "<string>"]
     (own,) = [e for e in strings if e["file"] == "own-name"]
     assert own["text_sha256"] == sha(b"c = 3") and "text_candidates" not in own
-    assert len(shared) >= 2
-    # (site's .pth lines are exec'd as <string> too, so they are candidates as well)
-    named_string = {t["sha256"] for t in prov["texts"] if t["origin"] in ("<string>", "-c")}
-    assert {sha(b"a = 1"), sha(b"b = 2"), sha(code.encode() + b"\n")} <= named_string
+    shared = [e for e in strings if e["file"] == "<string>"]
+    assert {e["run"] for e in shared} == {parent, child}
     for e in shared:
         assert "text_sha256" not in e
-        assert set(e["text_candidates"]) == named_string
+        assert set(e["text_candidates"]) == named_string[e["run"]]
 
 
 def test_main_script_and_builtin_modules(tmp_path):

@@ -75,6 +75,9 @@ class CodeStore:
         self.files: list[dict] = []
         self.executed: list[dict] = []
         self.imports: dict[str, str] = {}
+        # (run, name compiled under) -> the texts compiled so: each compile is on
+        # record in the process run that made it, even when its text was sent before.
+        self.compiled: dict[tuple[str, str], set[str]] = {}
         self._index = open(self.directory / "index.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     # -- RecordSink ------------------------------------------------------------------
@@ -118,6 +121,10 @@ class CodeStore:
         sha, nbytes, origin, value = args[0], args[1], _plain(args[2]), args[3]
         if not isinstance(sha, str) or len(sha) != 64:
             return
+        if isinstance(origin, str):
+            # CPython compiles a -c command under the name <string>.
+            name = "<string>" if origin == "-c" else origin
+            self.compiled.setdefault((record.get("run") or "", name), set()).add(sha)
         entry = self.texts.get(sha)
         if entry is None:
             entry = self.texts[sha] = {
@@ -160,13 +167,11 @@ class CodeStore:
         """Every piece of code that ran, and where each came from."""
         opened = {f["path"]: f for f in self.files if isinstance(f["path"], str)}
         # A code object names the filename it was compiled under, not its text: when
-        # several texts share that name, all of them are candidates. CPython
-        # compiles a -c command under the name <string>.
-        by_origin: dict[str, list[str]] = {}
-        for t in self.texts.values():
-            if isinstance(t["origin"], str):
-                name = "<string>" if t["origin"] == "-c" else t["origin"]
-                by_origin.setdefault(name, []).append(t["sha256"])
+        # its process run compiled several texts under that name, all of them are
+        # candidates (and those of every run, for code compiled in another run).
+        by_name: dict[str, set[str]] = {}
+        for (_, name), shas in self.compiled.items():
+            by_name.setdefault(name, set()).update(shas)
         archives = [p for p in opened if p.endswith((".zip", ".egg", ".whl", ".pyz"))]
         executed = []
         files_seen = set()
@@ -182,12 +187,12 @@ class CodeStore:
             elif any(file.startswith(a + os.sep) for a in archives):
                 archive = next(a for a in archives if file.startswith(a + os.sep))
                 item.update(origin="zip", archive=archive, archive_sha256=opened[archive]["sha256"])
-            elif file in by_origin:
-                candidates = by_origin[file]
+            elif file in by_name:
+                candidates = sorted(self.compiled.get((code["run"] or "", file)) or by_name[file])
                 if len(candidates) == 1:
                     item.update(origin="string", text_sha256=candidates[0])
                 else:
-                    item.update(origin="string", text_candidates=sorted(candidates))
+                    item.update(origin="string", text_candidates=candidates)
             else:
                 item["origin"] = "memory"  # no open-code read and no recorded text
             executed.append(item)
