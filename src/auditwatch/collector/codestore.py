@@ -18,7 +18,7 @@ and it is no longer than ``max_bytes``; ``codes/index.jsonl`` lists every text
 seen with where it came from and whether it was stored. ``finish()`` writes
 ``codes/provenance.json``: the files, the texts, and every executed code object
 classified by origin (``file``, ``zip``, ``frozen``, ``string`` with the text's
-hash, or the candidates when several texts were compiled under the same name,
+hash, or the candidates when its process compiled several texts under its name,
 ``memory``),
 plus the imports that ran no Python code read through the hook (``built-in``,
 ``native`` extension or otherwise not read as a file).
