@@ -200,6 +200,36 @@ def test_sigterm_while_recording_drains_every_record(tmp_path):
         assert records[-1]["status"] == {"how": "signal", "signal": signal.SIGTERM}
 
 
+def test_sigterm_while_waiting_for_a_stuck_sink_still_terminates(tmp_path):
+    # The collector accepts and never reads: the ring fills and the recording thread
+    # waits for room, inside the recorder. The termination is deferred there, so
+    # that wait must give up (after flush_timeout) rather than keep the process
+    # alive: it dies of SIGTERM within about twice flush_timeout plus a second.
+    import socket
+    import time
+
+    path = str(tmp_path / "stuck.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(4)
+        env = audit_env(tmp_path, options="flush_timeout=0.5", AUDITWATCH_SINK=f"unix:{path}")
+        code = "import sys\nprint('up', flush=True)\nwhile True: sys.audit('tick', 'x' * 200)"
+        with subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE
+        ) as proc:
+            try:
+                conn, _ = server.accept()  # accepted, never read
+                assert proc.stdout.readline() == b"up\n"
+                time.sleep(1.0)  # long enough to fill the socket and the ring
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == -signal.SIGTERM
+                assert time.monotonic() - started < 2 * 0.5 + 1 + 1.0
+                conn.close()
+            finally:
+                proc.kill()
+
+
 def test_collector_gone_means_spool_not_loss(tmp_path):
     # The sink is a socket nobody listens on: every record goes to the spool file.
     code = "import sys; [sys.audit('spooled', i) for i in range(1000)]"
