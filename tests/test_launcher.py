@@ -55,6 +55,40 @@ def test_startup_is_not_on_record_without_it(tmp_path):
     assert a.events("setopencodehook") == []
 
 
+def test_a_programs_own_open_code_hook_is_kept(tmp_path):
+    # A program that set an open-code hook before auditwatch starts keeps it:
+    # auditwatch records events but no files read as code, and says so.
+    code = """\
+        import ctypes, io, sys
+        HOOK = ctypes.CFUNCTYPE(ctypes.py_object, ctypes.py_object, ctypes.c_void_p)
+        seen = []
+        def mine(path, data):
+            seen.append(path)
+            return io.open(path, 'rb')
+        keep = HOOK(mine)
+        f = ctypes.pythonapi.PyFile_SetOpenCodeHook
+        f.argtypes = [HOOK, ctypes.c_void_p]
+        f(keep, None)
+        import auditwatch.runtime as r
+        r.start(sink='file:' + sys.argv[1], children=False)
+        import json.decoder
+        print(r.status()['open_code'], any('json' in p for p in seen))
+    """
+    out = tmp_path / "late.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH_")}
+    p = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "True"]
+    records = read_records(out)
+    assert records and not [r for r in records if r.get("event") == "auditwatch.open_code"]
+    assert [r for r in records if r.get("event") == "import"]
+
+
 def test_launcher_without_configuration_warns_and_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH_")}
     p = subprocess.run([LAUNCHER, "-c", "print(1)"], env=env, capture_output=True, text=True)

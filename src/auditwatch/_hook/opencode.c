@@ -407,6 +407,7 @@ int aw_opencode_install(const char *manifest_file, char *err, size_t errlen) {
     if (atomic_exchange(&opencode_set, 1))
         return 0;
     if (PyFile_SetOpenCodeHook(aw_opencode_hook, NULL) < 0) {
+        atomic_store(&opencode_set, 0); /* the program's own hook stays: not ours */
         if (Py_IsInitialized())
             PyErr_Clear();
         snprintf(err, errlen, "another open-code hook is already installed");
