@@ -142,6 +142,7 @@ STDLIB_IMPORTS = (
     "sqlite3, statistics, subprocess, tarfile, typing, unittest, urllib.request, "
     "xml.etree.ElementTree"
 )
+PROGRAMS = {"python -c pass": "pass", "25 stdlib imports": STDLIB_IMPORTS}
 
 
 def ensure_inputs() -> None:
@@ -202,16 +203,15 @@ def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
             "audited from site": ([sys.executable], audited),
             "auditwatch-python": ([str(launcher)], audited),
         }
-        programs = {"python -c pass": "pass", "25 stdlib imports": STDLIB_IMPORTS}
         for _ in range(rounds):
-            cases = [(p, m) for p in programs for m in modes]
+            cases = [(p, m) for p in PROGRAMS for m in modes]
             random.shuffle(cases)
             for p, m in cases:
                 argv, e = modes[m]
                 times = []
                 for _ in range(runs):
                     t0 = time.perf_counter()
-                    subprocess.run([*argv, "-c", programs[p]], env=e, check=True)
+                    subprocess.run([*argv, "-c", PROGRAMS[p]], env=e, check=True)
                     times.append((time.perf_counter() - t0) * 1000)
                 results.setdefault((p, m), []).append(statistics.median(times))
                 if os.path.exists(f"{tmp}/records.jsonl"):
@@ -241,10 +241,9 @@ def startup_table(res: dict[tuple[str, str], list[float]]) -> str:
         "| start-up | how | median ms | spread (min-max) | vs python |",
         "|---|---|---:|---:|---:|",
     ]
-    programs = dict.fromkeys(p for p, _ in res)
     seen = {m for _, m in res}
     modes = [m for m in ("python", "audited from site", "auditwatch-python") if m in seen]
-    for p in sorted(programs, key=len):
+    for p in (p for p in PROGRAMS if (p, "python") in res):
         base = statistics.median(res[(p, "python")])
         for m in modes:
             med, lo, hi = summarize(res[(p, m)])
