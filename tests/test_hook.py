@@ -185,6 +185,55 @@ def test_encoder_matches_the_hook(tmp_path):
     assert _hook.encode_args(("a", 1, None, True, 1.5, (2,))) == '["a",1,null,true,1.5,[2]]'
 
 
+def _awkward_strings() -> list[str]:
+    # Every character that needs escaping or encoding, at every offset around the
+    # encoder's 8-byte words, in runs of plain text long enough to cross several.
+    specials = [
+        '"',
+        "\\",
+        "\x00",
+        "\x1f",
+        "\n",
+        "\x7f",
+        "\x80",
+        "\xe9",
+        "\xff",
+        "\u20ac",
+        "\U0001f600",
+    ]
+    out = ["", "plain ascii path /usr/lib/python3/x.py"]
+    for ch in specials:
+        for at in range(0, 20):
+            out.append("a" * at + ch + "b" * (19 - at))
+    out.append("".join(specials) * 3)
+    return out
+
+
+def test_encoder_round_trips_awkward_strings_and_every_integer_width():
+    import json
+
+    from auditwatch import _hook
+
+    strings = _awkward_strings()
+    assert json.loads(_hook.encode_args(tuple(strings))) == strings
+    ints = [0, -1, 2**63 - 1, -(2**63)]
+    for k in range(1, 19):  # 64-bit integers; wider ones are recorded as hex
+        ints += [10**k - 1, 10**k, 10**k + 1, -(10**k), 3 * 10**k + 7]
+    assert json.loads(_hook.encode_args(tuple(ints))) == ints
+
+
+def test_event_names_that_need_escaping_are_recorded_exactly(tmp_path):
+    names = ['quote"d', "back\\slash", "tab\there", "accent\xe9", "del\x7f", "n" * 17 + '"']
+    code = f"""\
+        import sys
+        for name in {names!r}:
+            sys.audit(name, name)
+    """
+    a = run_audited(tmp_path, code)
+    for name in names:
+        assert [r["args"] for r in a.events(name)] == [[name]], name
+
+
 def test_gc_walk_finds_nothing_to_disable_and_clearing_hook_lists_does_not_blind(tmp_path):
     code = """\
         import gc, sys

@@ -64,25 +64,62 @@ int aw_buf_reserve_slow(aw_buf *b, size_t n) {
     return 0;
 }
 
+static const char PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                            "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                            "8081828384858687888990919293949596979899";
+
+/* Decimal digits straight into the buffer, two at a time from a table, in 32-bit
+ * arithmetic where the value allows: a timestamp (19 digits) is most of a record's
+ * numbers, and this is the recording thread's hot path. */
+static inline char *put_2(char *d, uint32_t v) { /* exactly 2 digits, v < 100 */
+    memcpy(d, PAIRS + v * 2, 2);
+    return d + 2;
+}
+
+static inline char *put_4(char *d, uint32_t v) { /* exactly 4 digits, v < 10^4 */
+    return put_2(put_2(d, v / 100), v % 100);
+}
+
+static inline char *put_8(char *d, uint32_t v) { /* exactly 8 digits, v < 10^8 */
+    return put_4(put_4(d, v / 10000), v % 10000);
+}
+
+static inline char *put_upto4(char *d, uint32_t v) { /* v < 10^4, no leading zeros */
+    if (v < 10) {
+        *d = (char)('0' + v);
+        return d + 1;
+    }
+    if (v < 100)
+        return put_2(d, v);
+    if (v < 1000) {
+        *d = (char)('0' + v / 100);
+        return put_2(d + 1, v % 100);
+    }
+    return put_4(d, v);
+}
+
+static inline char *put_upto8(char *d, uint32_t v) { /* v < 10^8, no leading zeros */
+    if (v < 10000)
+        return put_upto4(d, v);
+    return put_4(put_upto4(d, v / 10000), v % 10000);
+}
+
 void aw_buf_uint(aw_buf *b, unsigned long long v) {
-    static const char PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-                                "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-                                "8081828384858687888990919293949596979899";
-    char tmp[24];
-    int i = (int)sizeof(tmp);
-    while (v >= 100) {
-        unsigned idx = (unsigned)(v % 100) * 2;
-        v /= 100;
-        tmp[--i] = PAIRS[idx + 1];
-        tmp[--i] = PAIRS[idx];
-    }
-    if (v >= 10) {
-        tmp[--i] = PAIRS[v * 2 + 1];
-        tmp[--i] = PAIRS[v * 2];
+    if (aw_buf_reserve(b, 20) < 0)
+        return;
+    char *d = b->p + b->len;
+    if (v < 100000000u) {
+        d = put_upto8(d, (uint32_t)v);
+    } else if (v < 10000000000000000u) {
+        d = put_upto8(d, (uint32_t)(v / 100000000u));
+        d = put_8(d, (uint32_t)(v % 100000000u));
     } else {
-        tmp[--i] = (char)('0' + v);
+        unsigned long long low = v % 10000000000000000u;
+        d = put_upto4(d, (uint32_t)(v / 10000000000000000u)); /* at most 1844 */
+        d = put_8(d, (uint32_t)(low / 100000000u));
+        d = put_8(d, (uint32_t)(low % 100000000u));
     }
-    aw_buf_put(b, tmp + i, sizeof(tmp) - (size_t)i);
+    b->len = (size_t)(d - b->p);
 }
 
 void aw_buf_int(aw_buf *b, long long v) {
@@ -182,18 +219,41 @@ static const unsigned char PLAIN[256] = {
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,            /* 0x70-0x7f, DEL is 0 */
 };
 
+/* Length of the leading run of PLAIN bytes, eight at a time: a word is plain when
+ * no byte is below 0x20, '"', '\\', DEL or above 0x7f. Each test is the exact
+ * "some byte is zero / below n" bit trick, so a word it passes is wholly plain. */
+static inline size_t plain_run(const unsigned char *s, size_t n) {
+    const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w, q, bs, del;
+        memcpy(&w, s + i, 8);
+        q = w ^ (ones * '"');
+        bs = w ^ (ones * '\\');
+        del = w ^ (ones * 0x7f);
+        uint64_t hit = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs) |
+                       ((del - ones) & ~del) | w;
+        if (hit & high)
+            break;
+    }
+    while (i < n && PLAIN[s[i]])
+        i++;
+    return i;
+}
+
 void aw_buf_cstr(aw_buf *b, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     if (aw_buf_reserve(b, n * 6 + 2) < 0)
         return;
     char *d = b->p + b->len;
     *d++ = '"';
-    size_t plain = 0;
-    while (plain < n && PLAIN[u[plain]])
-        plain++;
-    memcpy(d, s, plain); /* most names and paths are plain ASCII throughout */
-    d += plain;
-    for (size_t i = plain; i < n;) {
+    for (size_t i = 0; i < n;) {
+        size_t plain = plain_run(u + i, n - i); /* most names and paths: all of it */
+        memcpy(d, u + i, plain);
+        d += plain;
+        i += plain;
+        if (i == n)
+            break;
         Py_UCS4 cp;
         size_t k = utf8_seq(u + i, n - i, &cp);
         if (k == 0) {
@@ -282,12 +342,13 @@ static void put_unicode_chars(aw_buf *b, PyObject *o, Py_ssize_t n) {
     const void *data = PyUnicode_DATA(o);
     if (kind == PyUnicode_1BYTE_KIND) {
         const Py_UCS1 *s = (const Py_UCS1 *)data;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_UCS1 c = s[i];
-            if (PLAIN[c])
-                *d++ = (char)c;
-            else
-                d += write_codepoint(d, c);
+        for (size_t i = 0, len = (size_t)n; i < len;) {
+            size_t plain = plain_run(s + i, len - i);
+            memcpy(d, s + i, plain);
+            d += plain;
+            i += plain;
+            if (i < len)
+                d += write_codepoint(d, s[i++]);
         }
     } else if (kind == PyUnicode_2BYTE_KIND) {
         const Py_UCS2 *s = (const Py_UCS2 *)data;
