@@ -20,23 +20,16 @@ import struct
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 from auditwatch.collector.sequence import RunTrack, Sequencer
+from auditwatch.store.seal import PeerCred  # one type from socket to seal
 
 __all__ = ["Collector", "PeerCred", "RecordSink", "RunTrack", "Sequencer", "peer_credentials"]
 
 MAX_LINE = 8 << 20  # a record is bounded by the hook; anything longer is garbage
 RECV_BYTES = 1 << 18
 TICK = 0.1  # seconds between calls of the periodic work (batch timers, liveness)
-
-
-@dataclass(frozen=True)
-class PeerCred:
-    pid: int
-    uid: int
-    gid: int
 
 
 class RecordSink(Protocol):

@@ -69,7 +69,9 @@ class StoreSink:
     def accept(self, raw: bytes, record: dict, peer: Any) -> None:
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append((raw, record, _peer(peer)))
+        if peer is not None and type(peer) is not PeerCred:
+            peer = PeerCred(pid=peer.pid, uid=peer.uid, gid=peer.gid)
+        self._pending.append((raw, record, peer))
         if len(self._pending) >= self.batch:
             self._submit()
 
@@ -152,9 +154,3 @@ class StoreSink:
         except OSError as err:
             where = f"and could not be kept ({err})"
         self.log(f"cannot store {len(batch.rows)} records ({exc}); {where}")
-
-
-def _peer(peer: Any) -> PeerCred | None:
-    if peer is None or isinstance(peer, PeerCred):
-        return peer
-    return PeerCred(pid=peer.pid, uid=peer.uid, gid=peer.gid)
