@@ -28,7 +28,14 @@ from auditwatch.store.seal import _LINK, PeerCred, Sealer
 
 Item = Tuple[bytes, Dict[str, Any], Optional[PeerCred]]
 
-_INSERT = "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# The rows bind their BLOBs as bytearray and an absent alert as an empty bytearray
+# turned back into NULL here: before Python 3.13 the sqlite3 module binds only int,
+# float, str and bytearray directly, and sends bytes and None through its adapter
+# lookup, a failed attribute search each time. That lookup was a sixth of the
+# collector's work per record (docs/performance.md). A record value is never a BLOB,
+# so the empty BLOB cannot stand for a real alert name.
+_INSERT = "INSERT INTO records VALUES (?,?,?,?,?,?,?,NULLIF(?,X''),?,?,?,?,?,?,?)"
+_NO_ALERT = bytearray()
 
 
 class SealedBatch(NamedTuple):
@@ -297,6 +304,7 @@ class Store:
         pos, prev = state
         base_copy, inner_copy, outer_copy = self._sealer.hot_functions()  # type: ignore[union-attr]
         pack = _LINK.pack
+        prev_blob = bytearray(prev)  # see _INSERT for why BLOBs go in as bytearray
         for raw, rec, peer in items:
             pos += 1
             if peer is None:
@@ -308,12 +316,13 @@ class Store:
                 h = base_copy()
                 h.update(prev + pack(pos, 1, uid, gid, ppid, len(raw)) + raw)
             digest = h.digest()
+            digest_blob = bytearray(digest)
             i = inner_copy()
             i.update(digest)
             o = outer_copy()
             o.update(i.digest())
             kind = rec.get("kind")
-            alert = None
+            alert: Any = _NO_ALERT
             if kind != "event":
                 run = rec.get("run")
                 if kind == "start" or kind == "exit":
@@ -332,12 +341,13 @@ class Store:
                 uid,
                 gid,
                 ppid,
-                raw,
-                prev,
-                digest,
-                o.digest(),
+                bytearray(raw),
+                prev_blob,
+                digest_blob,
+                bytearray(o.digest()),
             )
             prev = digest
+            prev_blob = digest_blob
         # Runs when the generator is exhausted: the new head, for the seal.
         state[0] = pos
         state[1] = prev
