@@ -391,3 +391,20 @@ def test_late_start_records_say_late(tmp_path):
     assert {r["installed"] for r in records} == {"late"}
     assert any(r.get("event") == "open" and r["args"][0] == "/dev/null" for r in records)
     assert records[-1]["kind"] == "exit"
+
+
+def test_auditing_from_site_start_up_loads_only_its_own_modules(tmp_path):
+    # Every audited process pays for what auditwatch imports at start-up: the
+    # __future__ module alone was 3 % of the instructions of `python -c pass`.
+    import os
+    import subprocess
+
+    code = "import sys; print(' '.join(sorted(sys.modules)))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH")}
+    plain = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    audited = run_audited(tmp_path, code)
+    assert audited.kinds("start"), "the process was not audited"
+    extra = set(audited.proc.stdout.split()) - set(plain.stdout.split())
+    assert extra == {"auditwatch", "auditwatch.runtime", "auditwatch._hook"}

@@ -4,8 +4,6 @@ The code that runs inside an audited process (this module, ``runtime`` and the
 ``_hook`` extension) imports only the standard library, and only when asked.
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"
 SCHEMA_VERSION = 1
 
