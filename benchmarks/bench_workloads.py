@@ -24,6 +24,11 @@ and start-up (wall clock of the whole process, hook installed the way users do):
 `python -c pass` and a start-up importing 25 standard-library modules, as plain
 python, audited from site start-up, and audited through auditwatch-python.
 
+With --instructions the workloads are counted instead of timed: each (workload,
+mode) runs once under valgrind's callgrind, and again with the workload left out,
+and the difference is the workload's instructions, per thread. Counts do not move
+with machine load, so they resolve the few percent that wall clock cannot here.
+
 Needs network access once (pip) for snaketrace and the more-itertools sdist, kept
 in benchmarks/_build.
 """
@@ -161,11 +166,15 @@ def ensure_inputs() -> None:
                 tar.extractall(BUILD)  # a pinned sdist from PyPI
 
 
-def run_workload(mode: str, workload: str, out: str, env: dict) -> float:
-    code = (
+def program(mode: str, workload: str, out: str, tail: str) -> str:
+    return (
         f"OUT = {out!r}\nPEERS = {str(PEERS)!r}\nSUITE = {str(SUITE_DIR)!r}\n"
-        f"SLOW = {SLOW_TESTS!r}\n{MODES[mode]}\n{WORKLOADS[workload]}{TIMED}"
+        f"SLOW = {SLOW_TESTS!r}\n{MODES[mode]}\n{WORKLOADS[workload]}{tail}"
     )
+
+
+def run_workload(mode: str, workload: str, out: str, env: dict) -> float:
+    code = program(mode, workload, out, TIMED)
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=BUILD
     )
@@ -187,6 +196,45 @@ def bench_workloads(rounds: int, workloads: list[str]) -> dict[tuple[str, str], 
                 if os.path.exists(out):
                     os.unlink(out)
             print(f"  round {r + 1}/{rounds} done", file=sys.stderr)
+    return results
+
+
+def callgrind_counts(argv: list[str], env: dict) -> tuple[int, int]:
+    """(main thread, all threads) instructions of one process under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cg.out"
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={out}", *argv],
+            env=env, cwd=BUILD, capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"under callgrind, {argv[:2]} failed:\n{proc.stderr[-3000:]}")
+        counts = {}
+        for part in Path(tmp).glob("cg.out-*"):  # one file per thread, -01 the main one
+            for line in part.read_text().splitlines():
+                if line.startswith("summary:"):
+                    counts[part.name] = int(line.split()[1])
+                    break
+    return counts["cg.out-01"], sum(counts.values())
+
+
+def count_workloads(
+    workloads: list[str], modes: list[str]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """Instructions of each workload per mode: the run with it minus the run without."""
+    env = clean_env()
+    results: dict[tuple[str, str], tuple[int, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in workloads:
+            for m in modes:
+                out = os.path.join(tmp, f"{w}-{m}.out")
+                with_work = callgrind_counts(
+                    [sys.executable, "-c", program(m, w, out, "work()\n")], env
+                )
+                without = callgrind_counts([sys.executable, "-c", program(m, w, out, "")], env)
+                results[(w, m)] = (with_work[0] - without[0], with_work[1] - without[1])
+                print(f"  {w} under {m} counted", file=sys.stderr)
     return results
 
 
@@ -236,6 +284,27 @@ def workload_table(res: dict[tuple[str, str], list[float]], workloads: list[str]
     return "\n".join(rows)
 
 
+def count_table(
+    res: dict[tuple[str, str], tuple[int, int]], workloads: list[str], modes: list[str]
+) -> str:
+    rows = [
+        "| workload | mode | instructions, main thread | vs no hook "
+        "| all threads | vs no hook | vs empty C hook (all) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for w in workloads:
+        none_main, none_all = res[(w, "none")]
+        floor_all = res[(w, "nullhook")][1]
+        for m in modes:
+            main, total = res[(w, m)]
+            rows.append(
+                f"| {w} | {m} | {main / 1e6:,.1f}M | {100 * (main / none_main - 1):+.2f} % "
+                f"| {total / 1e6:,.1f}M | {100 * (total / none_all - 1):+.2f} % "
+                f"| {100 * (total / floor_all - 1):+.2f} % |"
+            )
+    return "\n".join(rows)
+
+
 def startup_table(res: dict[tuple[str, str], list[float]]) -> str:
     rows = [
         "| start-up | how | median ms | spread (min-max) | vs python |",
@@ -263,11 +332,28 @@ def main() -> None:
         choices=[*WORKLOADS, "startup"],
         help="run only these (repeatable; default: all)",
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the workloads' instructions with callgrind instead of timing them",
+    )
+    ap.add_argument(
+        "--mode",
+        action="append",
+        choices=list(MODES),
+        help="with --instructions, count only these modes (repeatable; none and "
+        "nullhook always run: the ratios need them)",
+    )
     args = ap.parse_args()
     chosen = args.workload or [*WORKLOADS, "startup"]
     build_nullhook()
     ensure_inputs()
     workloads = [w for w in chosen if w in WORKLOADS]
+    if args.instructions:
+        print(f"Machine: {machine()}; instructions counted by valgrind --tool=callgrind.\n")
+        modes = [m for m in MODES if m in {"none", "nullhook", *(args.mode or MODES)}]
+        print(count_table(count_workloads(workloads, modes), workloads, modes))
+        return
     print(f"Machine: {machine()}; {args.rounds} rounds, interleaved.\n")
     if workloads:
         print(workload_table(bench_workloads(args.rounds, workloads), workloads))

@@ -148,7 +148,17 @@ int aw_ring_init(size_t bytes);
  * Returns the ticket of the record (> 0), or 0 when it was dropped. */
 #define AW_PUT_RELEASE_GIL 1 /* may release the GIL while waiting for room */
 #define AW_PUT_KEEP 2        /* a start or exit record: wait even under policy=drop */
+#define AW_PUT_STAMPED 4     /* the body starts with an aw_stamp (aw_format_event) */
 uint64_t aw_ring_put(const char *body, size_t n, int flags);
+
+/* When, where and in which interpreter an event happened, as binary values: the
+ * recording thread copies them, and the writer thread formats them as the record's
+ * "ts", "tid" and "interp" members (the first step of moving encoding off the hook). */
+typedef struct {
+    int64_t ts;
+    int64_t tid;
+    int64_t interp;
+} aw_stamp;
 /* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
 /* Flush for an indicator (flush, deny, monitor), bounded by flush_timeout. */
@@ -225,7 +235,8 @@ int aw_code_event(const char *event, PyObject *args, int action, const char **ru
 /* An event record with its own encoding limits (the code text of provenance). */
 uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *action,
                                 const char *rule, const aw_limits *lim);
-/* Format one event record into b without queueing it (GIL held). */
+/* Format one event record into b without queueing it (GIL held): an aw_stamp, then
+ * the JSON members from "kind" on. Queue it with AW_PUT_STAMPED. */
 void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
                      const char *rule, const aw_limits *lim);
 /* Encode and queue one event record; returns the ticket (0 if dropped). */

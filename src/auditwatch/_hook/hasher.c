@@ -63,7 +63,7 @@ static void *hasher_main(void *arg) {
         char hex[65];
         aw_sha256_hex(j->data, j->size, hex);
         memcpy(j->record + j->hex_at, hex, 64);
-        aw_ring_put(j->record, j->len, 0);
+        aw_ring_put(j->record, j->len, AW_PUT_STAMPED); /* from aw_format_event */
         size_t size = j->size;
         free_job(j);
 

@@ -40,13 +40,11 @@ uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *a
 void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
                      const char *rule, const aw_limits *lim) {
     PyThreadState *ts = AW_TSTATE();
-    aw_buf_puts(b, "\"ts\":");
-    aw_buf_int(b, aw_now_ns());
-    aw_buf_puts(b, ",\"tid\":");
-    aw_buf_int(b, (long long)aw_gettid());
-    aw_buf_puts(b, ",\"interp\":");
-    aw_buf_int(b, interp_id(ts));
-    aw_buf_puts(b, ",\"kind\":\"event\",\"event\":");
+    aw_stamp stamp = {aw_now_ns(), (int64_t)aw_gettid(), interp_id(ts)};
+    char *at = aw_buf_extend(b, sizeof stamp);
+    if (at)
+        memcpy(at, &stamp, sizeof stamp);
+    aw_buf_puts(b, "\"kind\":\"event\",\"event\":");
     size_t n = strlen(event);
     aw_buf_cstr(b, event, n > MAX_EVENT_NAME ? MAX_EVENT_NAME : n);
     if (n > MAX_EVENT_NAME) {
@@ -75,7 +73,7 @@ static uint64_t aw_record_event_with(const char *event, PyObject *args, const ch
     aw_format_event(&b, event, args, action, rule, lim);
     uint64_t ticket = 0;
     if (!b.oom)
-        ticket = aw_ring_put(b.p, b.len, may_release_gil ? AW_PUT_RELEASE_GIL : 0);
+        ticket = aw_ring_put(b.p, b.len, AW_PUT_STAMPED | (may_release_gil ? AW_PUT_RELEASE_GIL : 0));
     aw_buf_free(&b);
     return ticket;
 }

@@ -324,12 +324,15 @@ static int queue_open_code(PyObject *exact, size_t size, char **data) {
     aw_buf_init(&b, NULL, 0);
     aw_format_event(&b, "auditwatch.open_code", args, "record", NULL, &aw_default_limits);
     Py_DECREF(args);
-    /* The args array ends at the first `"],"where":` (inside a JSON string a quote
-     * is escaped): the placeholder is the 64 bytes before it. */
+    /* The args array ends at the first `"],"where":` after the binary stamp (inside a
+     * JSON string a quote is escaped): the placeholder is the 64 bytes before it. */
     static const char END[] = "\"],\"where\":";
-    char *end = b.oom || !b.heap ? NULL : memmem(b.p, b.len, END, sizeof END - 1);
+    size_t json = sizeof(aw_stamp);
+    char *end = b.oom || !b.heap || b.len < json
+                    ? NULL
+                    : memmem(b.p + json, b.len - json, END, sizeof END - 1);
     size_t at = end ? (size_t)(end - b.p) - 64 : 0;
-    if (end == NULL || end - b.p < 64 || memcmp(b.p + at, HEX_PLACEHOLDER, 64) != 0 ||
+    if (end == NULL || end - (b.p + json) < 64 || memcmp(b.p + at, HEX_PLACEHOLDER, 64) != 0 ||
         aw_hasher_submit(b.p, b.len, at, *data, size) < 0) {
         aw_buf_free(&b);
         return -1;

@@ -143,8 +143,14 @@ static void ring_copy_out(uint64_t at, void *dst, size_t n) {
         memcpy((char *)dst + first, R.data, n - first);
 }
 
+/* A ring entry is a 32-bit length, then the body; the length's top bit says the body
+ * starts with an aw_stamp for the writer to format. */
+#define STAMPED_BIT 0x80000000u
+
 uint64_t aw_ring_put(const char *body, size_t n, int flags) {
-    uint32_t len = (uint32_t)n;
+    if (n >= STAMPED_BIT || ((flags & AW_PUT_STAMPED) && n < sizeof(aw_stamp)))
+        return 0;
+    uint32_t len = (uint32_t)n | ((flags & AW_PUT_STAMPED) ? STAMPED_BIT : 0);
     uint64_t need = (uint64_t)n + sizeof len;
     if (R.data == NULL || need > R.cap)
         return 0;
@@ -592,6 +598,16 @@ static void out_record_head(aw_buf *out) {
     aw_buf_putc(out, ',');
 }
 
+static void out_stamp(aw_buf *out, const aw_stamp *s) {
+    aw_buf_puts(out, "\"ts\":");
+    aw_buf_int(out, s->ts);
+    aw_buf_puts(out, ",\"tid\":");
+    aw_buf_int(out, s->tid);
+    aw_buf_puts(out, ",\"interp\":");
+    aw_buf_int(out, s->interp);
+    aw_buf_putc(out, ',');
+}
+
 static void out_meta_record(aw_buf *out, const char *kind, const char *key1, uint64_t v1,
                             const char *key2, uint64_t v2) {
     out_record_head(out);
@@ -657,12 +673,21 @@ static void *writer_main(void *arg) {
         while (tail < head) {
             uint32_t len;
             ring_copy_out(tail, &len, sizeof len);
+            uint32_t n = len & ~STAMPED_BIT;
+            uint64_t body = tail + sizeof len;
             out_record_head(&out);
-            char *dst = aw_buf_extend(&out, len);
+            if (len & STAMPED_BIT) { /* aw_ring_put checked that the stamp is there */
+                aw_stamp stamp;
+                ring_copy_out(body, &stamp, sizeof stamp);
+                out_stamp(&out, &stamp);
+                body += sizeof stamp;
+                n -= (uint32_t)sizeof stamp;
+            }
+            char *dst = aw_buf_extend(&out, n);
             if (dst)
-                ring_copy_out(tail + sizeof len, dst, len);
+                ring_copy_out(body, dst, n);
             aw_buf_put(&out, "}\n", 2);
-            tail += sizeof len + len;
+            tail += sizeof len + (len & ~STAMPED_BIT);
             records++;
             if (out.len >= BATCH_BYTES && tail < head) {
                 if (sink_write(out.p, out.len, records) == TO_SINK)
