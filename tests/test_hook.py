@@ -187,7 +187,7 @@ def test_encoder_matches_the_hook(tmp_path):
 
 def _awkward_strings() -> list[str]:
     # Every character that needs escaping or encoding, at every offset around the
-    # encoder's 8-byte words, in runs of plain text long enough to cross several.
+    # encoder's 16- and 8-byte words, in runs of plain text long enough to cross several.
     specials = [
         '"',
         "\\",
@@ -203,8 +203,8 @@ def _awkward_strings() -> list[str]:
     ]
     out = ["", "plain ascii path /usr/lib/python3/x.py"]
     for ch in specials:
-        for at in range(0, 20):
-            out.append("a" * at + ch + "b" * (19 - at))
+        for at in range(0, 40):
+            out.append("a" * at + ch + "b" * (39 - at))
     out.append("".join(specials) * 3)
     return out
 
