@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from auditwatch.store.seal import PeerCred
 from auditwatch.store.sqlite import SealedBatch, Store
@@ -48,7 +48,7 @@ class StoreSink:
         self.batch = batch
         self.max_delay = max_delay
         self.log = log
-        self._pending: list[tuple[bytes, dict, Any]] = []
+        self._pending: list[tuple[bytes, dict, PeerCred | None]] = []
         self._pending_since = 0.0
         self._head = store.head()
         self._queue: queue.Queue[SealedBatch | None] = queue.Queue(maxsize=depth)
@@ -66,11 +66,9 @@ class StoreSink:
 
     # -- RecordSink ------------------------------------------------------------------
 
-    def accept(self, raw: bytes, record: dict, peer: Any) -> None:
+    def accept(self, raw: bytes, record: dict, peer: PeerCred | None) -> None:
         if not self._pending:
             self._pending_since = time.monotonic()
-        if peer is not None and type(peer) is not PeerCred:
-            peer = PeerCred(pid=peer.pid, uid=peer.uid, gid=peer.gid)
         self._pending.append((raw, record, peer))
         if len(self._pending) >= self.batch:
             self._submit()
