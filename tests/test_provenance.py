@@ -222,6 +222,28 @@ def test_hashes_made_off_thread_are_right_and_precede_the_exit(tmp_path):
     assert any("statistics" in arg_text(r["args"][0]) for r in records if r["run"] == child)
 
 
+def test_flush_waits_for_files_still_being_hashed(tmp_path):
+    # flush() promises every record so far has left the process: that includes a
+    # file read as code whose hash the background thread is still making.
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (16 << 20))
+    records = tmp_path / "records.jsonl"
+    code = f"""\
+        import io, json
+        import auditwatch.runtime as r
+        io.open_code({str(big)!r}).close()
+        assert r.flush()
+        with open({str(records)!r}) as f:
+            done = [json.loads(line) for line in f]
+        print(any(x.get("event") == "auditwatch.open_code" and x["args"][0] == {str(big)!r}
+                  for x in done))
+    """
+    a = run_audited(tmp_path, code)
+    assert a.proc.stdout.split() == ["True"]
+    (rec,) = [r for r in a.events("auditwatch.open_code") if arg_text(r["args"][0]) == str(big)]
+    assert rec["args"][2] == sha(big.read_bytes())
+
+
 def test_code_compiled_under_a_shared_name_lists_every_candidate_text(tmp_path):
     # A code object names the filename it was compiled under, not its text: the
     # texts its process run compiled under that name are all candidates (the -c

@@ -144,13 +144,6 @@ typedef struct {
 extern aw_options aw_opts;
 
 int aw_ring_init(size_t bytes);
-/* Queue one record body (JSON members after the common prefix, without braces).
- * Returns the ticket of the record (> 0), or 0 when it was dropped. */
-#define AW_PUT_RELEASE_GIL 1 /* may release the GIL while waiting for room */
-#define AW_PUT_KEEP 2        /* a start or exit record: wait even under policy=drop */
-#define AW_PUT_STAMPED 4     /* the body starts with an aw_stamp (aw_format_event) */
-uint64_t aw_ring_put(const char *body, size_t n, int flags);
-
 /* When, where and in which interpreter an event happened, as binary values: the
  * recording thread copies them, and the writer thread formats them as the record's
  * "ts", "tid" and "interp" members (the first step of moving encoding off the hook). */
@@ -159,6 +152,13 @@ typedef struct {
     int64_t tid;
     int64_t interp;
 } aw_stamp;
+/* Queue one record body (JSON members after the common prefix, without braces).
+ * Returns the ticket of the record (> 0), or 0 when it was dropped. */
+#define AW_PUT_RELEASE_GIL 1 /* may release the GIL while waiting for room */
+#define AW_PUT_KEEP 2        /* a start or exit record: wait even under policy=drop */
+#define AW_PUT_STAMPED 4     /* the body starts with an aw_stamp (aw_format_event) */
+uint64_t aw_ring_put(const char *body, size_t n, int flags);
+
 /* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
 /* Flush for an indicator (flush, deny, monitor), bounded by flush_timeout. */
@@ -210,6 +210,9 @@ void aw_unlock(pthread_mutex_t *m);
  * ownership of record and data when it returns 0. */
 int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size);
 void aw_hasher_drain(void);
+void aw_hasher_atfork_prepare(void);
+void aw_hasher_atfork_parent(void);
+void aw_hasher_atfork_child(void);
 void aw_ring_register_atfork(void);
 
 /* ---- installation (install.c) --------------------------------------------- */
@@ -232,9 +235,12 @@ int aw_opencode_installed(void);
 /* Provenance and start-up policies for compile and cpython.run_* (opencode.c);
  * returns the action, possibly turned into a denial. */
 int aw_code_event(const char *event, PyObject *args, int action, const char **rule);
-/* An event record with its own encoding limits (the code text of provenance). */
-uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *action,
-                                const char *rule, const aw_limits *lim);
+/* Record an event as the table decided (name: how the record states the action).
+ * An indicator (action flush and above) has left the process when this returns, and
+ * so have the records of files read as code before it that were still being hashed:
+ * an exec replaces the image. */
+void aw_record_decided(const char *event, PyObject *args, int action, const char *name,
+                       const char *rule, const aw_limits *lim);
 /* Format one event record into b without queueing it (GIL held): an aw_stamp, then
  * the JSON members from "kind" on. Queue it with AW_PUT_STAMPED. */
 void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,

@@ -75,27 +75,19 @@ static void *hasher_main(void *arg) {
     return NULL;
 }
 
-/* fork: the child does not have the thread; the queued records are the parent's,
- * and the parent still writes them. */
-static void atfork_prepare(void) { aw_lock(&H.mu); }
-static void atfork_parent(void) { aw_unlock(&H.mu); }
-static void atfork_child(void) {
-    job *j = H.head;
-    while (j) {
-        job *next = j->next;
-        free_job(j);
-        j = next;
-    }
+/* fork (called from the ring's fork handlers, ring.c): the child does not have the
+ * thread, and the queued records are the parent's, which the parent still writes.
+ * The child forgets the jobs rather than free them, like the ring's buffers. */
+void aw_hasher_atfork_prepare(void) { aw_lock(&H.mu); }
+void aw_hasher_atfork_parent(void) { aw_unlock(&H.mu); }
+void aw_hasher_atfork_child(void) {
     H.head = H.tail = NULL;
     H.queued_bytes = H.unfinished = 0;
     H.running = 0;
-    pthread_mutex_unlock(&H.mu);
+    pthread_mutex_unlock(&H.mu); /* the ring's child handler resets the lock count */
     pthread_cond_init(&H.work, NULL);
     pthread_cond_init(&H.idle, NULL);
 }
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
 
 int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size) {
     if (hex_at + 64 > len)
@@ -104,7 +96,6 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
     if (j == NULL)
         return -1;
     *j = (job){NULL, record, len, hex_at, data, size};
-    pthread_once(&atfork_once, register_atfork);
     aw_lock(&H.mu);
     if (H.queued_bytes + size > QUEUE_MAX) {
         aw_unlock(&H.mu);

@@ -32,9 +32,14 @@ uint64_t aw_record_event(const char *event, PyObject *args, const char *action, 
     return aw_record_event_with(event, args, action, rule, &aw_default_limits, may_release_gil);
 }
 
-uint64_t aw_record_event_limits(const char *event, PyObject *args, const char *action,
-                                const char *rule, const aw_limits *lim) {
-    return aw_record_event_with(event, args, action, rule, lim, 1);
+void aw_record_decided(const char *event, PyObject *args, int action, const char *name,
+                       const char *rule, const aw_limits *lim) {
+    int indicator = action >= AW_FLUSH;
+    if (indicator)
+        aw_hasher_drain();
+    uint64_t ticket = aw_record_event_with(event, args, name, rule, lim, 1);
+    if (indicator)
+        aw_flush_indicator(ticket);
 }
 
 void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
@@ -73,7 +78,8 @@ static uint64_t aw_record_event_with(const char *event, PyObject *args, const ch
     aw_format_event(&b, event, args, action, rule, lim);
     uint64_t ticket = 0;
     if (!b.oom)
-        ticket = aw_ring_put(b.p, b.len, AW_PUT_STAMPED | (may_release_gil ? AW_PUT_RELEASE_GIL : 0));
+        ticket = aw_ring_put(b.p, b.len,
+                             AW_PUT_STAMPED | (may_release_gil ? AW_PUT_RELEASE_GIL : 0));
     aw_buf_free(&b);
     return ticket;
 }
@@ -117,14 +123,8 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     if (ts && PyErr_Occurred())
         PyErr_Fetch(&et, &ev, &etb);
 
-    /* An indicator is on record before the operation goes on (an exec replaces the
-     * image): records of files read as code before it, still being hashed, go first. */
-    if (action >= AW_FLUSH)
-        aw_hasher_drain();
-    uint64_t ticket = aw_record_event(event, args, ACTION_NAMES[action],
-                                      action >= AW_DENY ? rule : NULL, 1);
-    if (action >= AW_FLUSH)
-        aw_flush_indicator(ticket);
+    aw_record_decided(event, args, action, ACTION_NAMES[action], action >= AW_DENY ? rule : NULL,
+                      &aw_default_limits);
 
     /* Leave the error state as we found it: an allocation that failed while making
      * the record (a frame object, a hash) must not surface as the event's error. */

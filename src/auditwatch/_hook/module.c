@@ -88,7 +88,9 @@ static PyObject *hook_flush(PyObject *self, PyObject *args) {
         return NULL;
     if (!aw_installed())
         Py_RETURN_FALSE;
-    /* A flush marker: every record queued before it has left once it has. */
+    /* A flush marker: every record queued before it has left once it has, the
+     * records of files read as code that were still being hashed included. */
+    aw_hasher_drain();
     uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL, 1);
     int rc = aw_ring_flush(ticket, timeout, 1);
     return PyBool_FromLong(rc == 0);

@@ -270,11 +270,10 @@ static int path_arg(PyObject *path, PyObject **exact, PyObject **fs) {
 
 static __thread char deny_rule[1400];
 
-/* Record a code file; returns AW_DENY (rule in deny_rule, already flushed) when the
- * manifest refuses it, else the table's action. */
-static int record_code_file(PyObject *exact, size_t size, const char *hex) {
-    const char *rule = NULL;
-    int action = table_action("auditwatch.open_code", &rule);
+/* Record a code file under the action and rule the table gave; returns AW_DENY
+ * (rule in deny_rule, already flushed) when the manifest refuses it, else action. */
+static int record_code_file(PyObject *exact, size_t size, const char *hex, int action,
+                            const char *rule) {
     if (!manifest_allows(hex)) {
         snprintf(deny_rule, sizeof deny_rule, "manifest %.900s", manifest_path);
         action = AW_DENY;
@@ -288,12 +287,9 @@ static int record_code_file(PyObject *exact, size_t size, const char *hex) {
         PyErr_Clear();
         return action;
     }
-    uint64_t ticket =
-        aw_record_event_limits("auditwatch.open_code", args, NAMES[action], action == AW_DENY ? rule : NULL,
-                           &aw_default_limits);
+    aw_record_decided("auditwatch.open_code", args, action, NAMES[action],
+                      action == AW_DENY ? rule : NULL, &aw_default_limits);
     Py_DECREF(args);
-    if (action >= AW_FLUSH)
-        aw_flush_indicator(ticket);
     return action;
 }
 
@@ -368,7 +364,7 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
     if (hash_here) {
         char hex[65];
         aw_sha256_hex(data, size, hex);
-        if (record_code_file(exact, size, hex) == AW_DENY) {
+        if (record_code_file(exact, size, hex, action, rule) == AW_DENY) {
             if (manifest_allows(hex))
                 PyErr_Format(PyExc_PermissionError,
                              "auditwatch: opening %U as code denied by '%.200s'", exact,
@@ -511,9 +507,7 @@ static void record_code_text(PyObject *source, PyObject *origin) {
     int action = table_action("auditwatch.code", &rule);
     if (action != AW_IGNORE) {
         static const char *NAMES[] = {"ignore", "record", "flush", "flush"};
-        uint64_t ticket = aw_record_event_limits("auditwatch.code", args, NAMES[action], NULL, &code_limits);
-        if (action >= AW_FLUSH)
-            aw_flush_indicator(ticket);
+        aw_record_decided("auditwatch.code", args, action, NAMES[action], NULL, &code_limits);
     }
     Py_DECREF(args);
 }
@@ -533,7 +527,10 @@ static int main_script(PyObject *filename) {
         char hex[65];
         aw_sha256_hex(data, size, hex);
         free(data);
-        if (record_code_file(exact, size, hex) == AW_DENY && !manifest_allows(hex)) {
+        const char *rule = NULL;
+        int file_action = table_action("auditwatch.open_code", &rule);
+        if (record_code_file(exact, size, hex, file_action, rule) == AW_DENY &&
+            !manifest_allows(hex)) {
             PyObject *u = PyUnicode_AsUTF8String(exact);
             if (u == NULL)
                 PyErr_Clear();

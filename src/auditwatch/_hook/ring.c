@@ -673,21 +673,19 @@ static void *writer_main(void *arg) {
         while (tail < head) {
             uint32_t len;
             ring_copy_out(tail, &len, sizeof len);
-            uint32_t n = len & ~STAMPED_BIT;
-            uint64_t body = tail + sizeof len;
+            uint64_t body = tail + sizeof len, end = body + (len & ~STAMPED_BIT);
             out_record_head(&out);
             if (len & STAMPED_BIT) { /* aw_ring_put checked that the stamp is there */
                 aw_stamp stamp;
                 ring_copy_out(body, &stamp, sizeof stamp);
                 out_stamp(&out, &stamp);
                 body += sizeof stamp;
-                n -= (uint32_t)sizeof stamp;
             }
-            char *dst = aw_buf_extend(&out, n);
+            char *dst = aw_buf_extend(&out, (size_t)(end - body));
             if (dst)
-                ring_copy_out(body, dst, n);
+                ring_copy_out(body, dst, (size_t)(end - body));
             aw_buf_put(&out, "}\n", 2);
-            tail += sizeof len + (len & ~STAMPED_BIT);
+            tail = end;
             records++;
             if (out.len >= BATCH_BYTES && tail < head) {
                 if (sink_write(out.p, out.len, records) == TO_SINK)
@@ -821,6 +819,7 @@ void aw_writer_stop(double timeout) {
  * own writer lazily, with a new run id, at its first record. */
 
 static void atfork_prepare(void) {
+    aw_hasher_atfork_prepare();
     aw_table_lock();
     aw_lock(&start_mu);
     aw_lock(&R.mu);
@@ -830,9 +829,11 @@ static void atfork_parent(void) {
     aw_table_unlock();
     aw_unlock(&R.mu);
     aw_unlock(&start_mu);
+    aw_hasher_atfork_parent();
 }
 
 static void atfork_child(void) {
+    aw_hasher_atfork_child();
     pthread_mutex_unlock(&R.mu);
     pthread_mutex_unlock(&start_mu);
     locks_held = 0;
