@@ -46,7 +46,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import BUILD, MODE_SETUP, build_nullhook, clean_env, machine, summarize
+from run import (
+    BUILD,
+    MODE_SETUP,
+    build_nullhook,
+    callgrind_counts,
+    clean_env,
+    machine,
+    summarize,
+)
 
 PEERS = BUILD / "peers"
 MORE_ITERTOOLS = "more-itertools==10.8.0"
@@ -199,26 +207,6 @@ def bench_workloads(rounds: int, workloads: list[str]) -> dict[tuple[str, str], 
     return results
 
 
-def callgrind_counts(argv: list[str], env: dict) -> tuple[int, int]:
-    """(main thread, all threads) instructions of one process under callgrind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "cg.out"
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-             f"--callgrind-out-file={out}", *argv],
-            env=env, cwd=BUILD, capture_output=True, text=True,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise SystemExit(f"under callgrind, {argv[:2]} failed:\n{proc.stderr[-3000:]}")
-        counts = {}
-        for part in Path(tmp).glob("cg.out-*"):  # one file per thread, -01 the main one
-            for line in part.read_text().splitlines():
-                if line.startswith("summary:"):
-                    counts[part.name] = int(line.split()[1])
-                    break
-    return counts["cg.out-01"], sum(counts.values())
-
-
 def count_workloads(
     workloads: list[str], modes: list[str]
 ) -> dict[tuple[str, str], tuple[int, int]]:
@@ -230,9 +218,11 @@ def count_workloads(
             for m in modes:
                 out = os.path.join(tmp, f"{w}-{m}.out")
                 with_work = callgrind_counts(
-                    [sys.executable, "-c", program(m, w, out, "work()\n")], env
+                    [sys.executable, "-c", program(m, w, out, "work()\n")], env, BUILD
                 )
-                without = callgrind_counts([sys.executable, "-c", program(m, w, out, "")], env)
+                without = callgrind_counts(
+                    [sys.executable, "-c", program(m, w, out, "")], env, BUILD
+                )
                 results[(w, m)] = (with_work[0] - without[0], with_work[1] - without[1])
                 print(f"  {w} under {m} counted", file=sys.stderr)
     return results

@@ -209,6 +209,29 @@ def bench_startup(rounds: int, runs: int) -> dict[str, list[float]]:
     return results
 
 
+def callgrind_counts(argv: list[str], env: dict, cwd: Path) -> tuple[int, int]:
+    """(main thread, all threads) instructions of one process under callgrind: counts
+    that machine load does not move."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cg.out"
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={out}", *argv],
+            env=env, cwd=cwd, capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"under callgrind, {argv[:2]} failed:\n{proc.stderr[-3000:]}")
+        counts = {}
+        for part in Path(tmp).glob("cg.out-*"):  # one file per thread, -01 the main one
+            for line in part.read_text().splitlines():
+                if line.startswith("summary:"):
+                    counts[part.name] = int(line.split()[1])
+                    break
+    return counts["cg.out-01"], sum(counts.values())
+
+
 def startup_instructions() -> dict[str, int] | None:
     """Instructions executed by `python -c pass` (valgrind): immune to machine load."""
     if not shutil.which("valgrind"):
@@ -219,25 +242,10 @@ def startup_instructions() -> dict[str, int] | None:
         "bare venv": BUILD / "venv-bare" / "bin/python",
         "bootstrap not asked": BUILD / "venv-with-pth" / "bin/python",
     }
-    counts = {}
-    for name, python in cases.items():
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                str(python),
-                "-c",
-                "pass",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
-        line = next(x for x in proc.stderr.splitlines() if "Collected" in x or "I   refs" in x)
-        counts[name] = int(line.split()[-1].replace(",", ""))
-    return counts
+    return {
+        name: callgrind_counts([str(python), "-c", "pass"], env, BUILD)[1]
+        for name, python in cases.items()
+    }
 
 
 def instructions_table(counts: dict[str, int]) -> str:
