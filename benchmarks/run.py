@@ -13,6 +13,9 @@ removed once added):
 
 Workloads: the cost of one event (ignored / recorded / denied / flushed), and
 start-up time with the .pth bootstrap installed but not asked for.
+
+With --instructions the per-event cost is counted instead of timed: each mode runs
+--events calls under valgrind's callgrind and again with none, per thread.
 """
 
 from __future__ import annotations
@@ -167,6 +170,55 @@ def bench_events(rounds: int, n: int) -> dict[str, list[float]]:
                 if os.path.exists(out):
                     os.unlink(out)
     return results
+
+
+COUNTED_LOOP = """\
+import sys
+audit = sys.audit
+arg = '/home/user/project/data/file.txt'
+for _ in range(N):
+    audit('bench.event', arg, 438)
+"""
+
+
+def count_events(n: int) -> dict[str, tuple[float, float]]:
+    """Instructions per sys.audit call, per mode: (program's thread, all threads), from
+    callgrind runs with n events and with none, so set-up and exit cancel out."""
+    cases = {
+        "none": "none",
+        "nullhook": "nullhook",
+        "pyjson": "pyjson",
+        "ignored": "aw-ignore",
+        "recorded": "aw-default",
+        "deny-checked": "aw-denycheck",
+    }
+    env = clean_env()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, mode in cases.items():
+            out = os.path.join(tmp, f"{name}.out")
+            per = []
+            for events in (n, 0):
+                code = f"OUT = {out!r}\nN = {events}\n{MODE_SETUP[mode]}\n{COUNTED_LOOP}"
+                per.append(callgrind_counts([sys.executable, "-c", code], env, BUILD))
+            (main_n, all_n), (main_0, all_0) = per
+            results[name] = ((main_n - main_0) / n, (all_n - all_0) / n)
+            print(f"  {name} counted", file=sys.stderr)
+    return results
+
+
+def count_table(res: dict[str, tuple[float, float]]) -> str:
+    rows = [
+        "| per event | instructions, program's thread | over no hook | over empty C hook "
+        "| all threads |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    none, floor = res["none"][0], res["nullhook"][0]
+    for name, (main, total) in res.items():
+        rows.append(
+            f"| {name} | {main:,.0f} | {main - none:+,.0f} | {main - floor:+,.0f} | {total:,.0f} |"
+        )
+    return "\n".join(rows)
 
 
 def bench_startup(rounds: int, runs: int) -> dict[str, list[float]]:
@@ -326,8 +378,17 @@ def main() -> None:
     ap.add_argument("--startup-runs", type=int, default=15, help="starts per round and mode")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
     ap.add_argument("--skip-startup", action="store_true", help="only the per-event costs")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per event with callgrind instead of timing (--events of them)",
+    )
     args = ap.parse_args()
     build_nullhook()
+    if args.instructions:
+        print(f"Machine: {machine()}; instructions counted by valgrind --tool=callgrind.\n")
+        print(count_table(count_events(args.events)))
+        return
     ev = bench_events(args.rounds, args.events)
     st = {} if args.skip_startup else bench_startup(args.rounds, args.startup_runs)
     print(f"Machine: {machine()}; {args.rounds} rounds, interleaved.\n")
