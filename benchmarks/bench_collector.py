@@ -2,13 +2,15 @@
 checks -> sealed SQLite store, against the same run into a null sink.
 
     PYTHONPATH=src python benchmarks/bench_collector.py [--senders 16] [--records 300000]
-        [--repeat 3] [--rules]
+        [--repeat 3] [--rules] [--stdlib-json]
 
 Senders are forked processes that write pre-made records (shaped like the hook's,
 each with its own pid, so the SO_PEERCRED check passes) as fast as the socket takes
 them; the clock runs from the moment they start sending until the last record is
 committed. Configurations alternate within each repeat, so all see the same
 machine. Prints a markdown table: records/s, median of the repeats, min-max.
+--stdlib-json adds the null sink and the store with the standard library's JSON
+parser instead of orjson, side by side.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from auditwatch.collector import sequence
 from auditwatch.collector.server import Collector
 from auditwatch.collector.service import CollectorService
 from auditwatch.store import Store
@@ -139,16 +142,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--records", type=int, default=300_000, help="in all, per configuration")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rules", action="store_true", help="also: the default ruleset as a sink")
+    ap.add_argument(
+        "--stdlib-json", action="store_true", help="also: null sink and store parsing with json"
+    )
     args = ap.parse_args(argv)
     per = args.records // args.senders
     kinds = ["null", "store", "store-2threads"] + (["store+rules"] if args.rules else [])
+    if args.stdlib_json:
+        kinds += ["null/json", "store/json"]
+    fast_loads = sequence._fast_loads
     results: dict[str, list[float]] = {k: [] for k in kinds}
     tmp = tempfile.mkdtemp(prefix="bench-collector-")
     try:
         for _ in range(args.repeat):
             for kind in kinds:
-                results[kind].append(run_once(kind, args.senders, per, tmp))
+                # ".../json": the collector's parser without orjson (its fallback).
+                sequence._fast_loads = None if kind.endswith("/json") else fast_loads
+                config = kind.split("/")[0]
+                results[kind].append(run_once(config, args.senders, per, tmp))
     finally:
+        sequence._fast_loads = fast_loads
         shutil.rmtree(tmp, ignore_errors=True)
     import sqlite3
 
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         "store": "sealed store (default: one thread)",
         "store-2threads": "sealed store, SQLite in a second thread",
         "store+rules": "sealed store + default rules",
+        "null/json": "null sink, standard-library JSON parser",
+        "store/json": "sealed store, standard-library JSON parser",
     }
     for kind in kinds:
         xs = results[kind]
