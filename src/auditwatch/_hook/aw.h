@@ -16,6 +16,8 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "sha256.h" /* aw_sha256_hex; shared with auditwatch._ingest */
+
 #ifndef Py_IS_TYPE /* 3.8 */
 #define Py_IS_TYPE(o, t) (Py_TYPE(o) == (t))
 #endif
@@ -85,10 +87,6 @@ extern aw_limits aw_default_limits;
 void aw_encode_args(aw_buf *b, PyObject *args, const aw_limits *lim);
 /* Encode the innermost Python frame of the current thread as a JSON object or null. */
 void aw_encode_where(aw_buf *b, PyThreadState *ts);
-
-/* ---- sha256 (sha256.c) -------------------------------------------------- */
-
-void aw_sha256_hex(const void *data, size_t n, char out[65]);
 
 /* ---- event table (table.c) ---------------------------------------------- */
 

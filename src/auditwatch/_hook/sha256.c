@@ -1,15 +1,10 @@
 /* SHA-256 (FIPS 180-4), for hashing bytecode and code text inside the hook, where
- * calling hashlib would run Python code. */
-#include "aw.h"
+ * calling hashlib would run Python code, and for sealing records in the collector
+ * (auditwatch._ingest). No Python API here: both extensions compile this file. */
+#include "sha256.h"
 
+#include <stdint.h>
 #include <string.h>
-
-typedef struct {
-    uint32_t h[8];
-    uint64_t bits;
-    unsigned char block[64];
-    size_t fill;
-} sha256_ctx;
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -57,7 +52,7 @@ static inline uint32_t load_be32(const unsigned char *p) {
     ROUND(b, cc, d, e, f, g, h, a, K[(i) + 7], x((i) + 7))
 #define FIRST(i) w[i]
 
-static void compress(sha256_ctx *c, const unsigned char *p) {
+static void compress(aw_sha256_ctx *c, const unsigned char *p) {
     uint32_t w[16];
     for (int i = 0; i < 16; i++)
         w[i] = load_be32(p + 4 * i);
@@ -75,10 +70,65 @@ static void compress(sha256_ctx *c, const unsigned char *p) {
     c->h[4] += e, c->h[5] += f, c->h[6] += g, c->h[7] += h;
 }
 
+static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+void aw_sha256_init(aw_sha256_ctx *c) {
+    memcpy(c->h, H0, sizeof H0);
+    c->bits = 0;
+    c->fill = 0;
+}
+
+void aw_sha256_update(aw_sha256_ctx *c, const void *data, size_t n) {
+    if (n == 0)
+        return; /* data may be NULL then */
+    const unsigned char *p = (const unsigned char *)data;
+    c->bits += (uint64_t)n * 8;
+    if (c->fill) {
+        size_t take = 64 - c->fill < n ? 64 - c->fill : n;
+        memcpy(c->block + c->fill, p, take);
+        c->fill += take;
+        p += take;
+        n -= take;
+        if (c->fill < 64)
+            return;
+        compress(c, c->block);
+        c->fill = 0;
+    }
+    /* Whole blocks straight from the input, without a copy. */
+    while (n >= 64) {
+        compress(c, p);
+        p += 64;
+        n -= 64;
+    }
+    if (n) {
+        memcpy(c->block, p, n);
+        c->fill = n;
+    }
+}
+
+void aw_sha256_final(aw_sha256_ctx *c, unsigned char out[32]) {
+    size_t fill = c->fill;
+    c->block[fill++] = 0x80;
+    if (fill > 56) { /* no room for the length: pad this block, the length goes in the next */
+        memset(c->block + fill, 0, 64 - fill);
+        compress(c, c->block);
+        fill = 0;
+    }
+    memset(c->block + fill, 0, 56 - fill);
+    for (int i = 0; i < 8; i++)
+        c->block[63 - i] = (unsigned char)(c->bits >> (8 * i));
+    compress(c, c->block);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(c->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)c->h[i];
+    }
+}
+
 void aw_sha256_hex(const void *data, size_t n, char out[65]) {
-    static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    sha256_ctx c;
+    aw_sha256_ctx c;
     memcpy(c.h, H0, sizeof H0);
     c.bits = (uint64_t)n * 8;
     const unsigned char *p = (const unsigned char *)data;
