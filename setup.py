@@ -1,6 +1,6 @@
 """Build of the native parts; the metadata lives in pyproject.toml.
 
-Three things need code here: the C extension (strict warnings, optional sanitizers),
+Three things need code here: the C extensions (strict warnings, optional sanitizers),
 shipping ``auditwatch.pth`` at the root of site-packages, which is how every
 Python started with auditwatch's environment gets audited (coverage.py's approach
 to measuring subprocesses), and the ``auditwatch-python`` launcher: a C program
@@ -27,6 +27,10 @@ from setuptools.command.build_py import build_py
 build_scripts = Distribution().get_command_class("build_scripts")
 
 HOOK_DIR = Path("src/auditwatch/_hook")
+# The collector's native loops. A separate extension because audited processes load
+# _hook and must not carry the collector's code; both compile the one SHA-256.
+INGEST_DIR = Path("src/auditwatch/_ingest")
+SHA256 = [str(HOOK_DIR / "sha256.c")]
 
 CFLAGS = [
     "-std=gnu11",
@@ -40,7 +44,7 @@ CFLAGS = [
 ]
 LDFLAGS = ["-pthread"]
 
-# AUDITWATCH_SANITIZE=address builds the extension with AddressSanitizer and
+# AUDITWATCH_SANITIZE=address builds the extensions with AddressSanitizer and
 # UndefinedBehaviorSanitizer; the test suite runs that build from .ci/run.
 SANITIZE = os.environ.get("AUDITWATCH_SANITIZE") == "address"
 if SANITIZE:
@@ -132,10 +136,17 @@ setup(
         Extension(
             "auditwatch._hook",
             sources=sorted(str(p) for p in HOOK_DIR.glob("*.c")),
-            depends=[str(HOOK_DIR / "aw.h")],
+            depends=[str(HOOK_DIR / "aw.h"), str(HOOK_DIR / "sha256.h")],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
-        )
+        ),
+        Extension(
+            "auditwatch._ingest",
+            sources=sorted(str(p) for p in INGEST_DIR.glob("*.c")) + SHA256,
+            depends=[str(INGEST_DIR / "ingest.h"), str(HOOK_DIR / "sha256.h")],
+            extra_compile_args=CFLAGS,
+            extra_link_args=LDFLAGS,
+        ),
     ],
     cmdclass={"build_py": BuildPyWithPth, "build_ext": BuildExt, "build_scripts": BuildScripts},
 )
