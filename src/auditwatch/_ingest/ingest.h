@@ -15,6 +15,8 @@
 
 /* seal.c */
 PyObject *aw_seal_chunk(PyObject *self, PyObject *args, PyObject *kwargs);
+/* scan.c */
+PyObject *aw_scan_lines(PyObject *self, PyObject *args, PyObject *kwargs);
 
 /* A Python int as int64_t, without calling Python code (no __index__): -1 with
  * TypeError naming `what` when obj is not an int, -1 with OverflowError when it

@@ -28,6 +28,11 @@ static PyMethodDef methods[] = {
      "positions first_pos.. as store/seal.py defines them. prev: the 32-byte hash of\n"
      "position first_pos - 1; peer: (uid, gid, pid) or None. Returns\n"
      "prev_hash || hash || mac (3 x 32 bytes) per record."},
+    {"scan_lines", (PyCFunction)(void (*)(void))aw_scan_lines, METH_VARARGS | METH_KEYWORDS,
+     "scan_lines(data, peer_pid) -> list\n\n"
+     "Split complete lines into runs of plain events, (start, end, run, first_seq,\n"
+     "last_seq, count, last_event, first_ts, last_ts) with data[start:end] the lines,\n"
+     "and other lines, (start, end) without the newline. Empty lines give no item."},
     {NULL, NULL, 0, NULL},
 };
 
