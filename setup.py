@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from setuptools import Distribution, Extension, setup
@@ -54,12 +55,39 @@ if SANITIZE:
 
 
 class BuildExt(build_ext):
-    """Rebuild every object when sanitizing: stale objects in build/ would hide it."""
+    """Rebuild every object when sanitizing: stale objects in build/ would hide it.
+    Seal with OpenSSL's SHA-256 when its headers and library link (_ingest/hash.h)."""
 
     def finalize_options(self) -> None:
         super().finalize_options()
         if SANITIZE:
             self.force = True
+
+    def build_extensions(self) -> None:
+        if os.environ.get("AUDITWATCH_OPENSSL", "1") != "0" and self._links_libcrypto():
+            for ext in self.extensions:
+                if ext.name == "auditwatch._ingest":
+                    ext.define_macros.append(("AW_WITH_OPENSSL", "1"))
+                    ext.libraries.append("crypto")
+        else:
+            self.announce("libcrypto not found: the collector seals with its own SHA-256", 3)
+        super().build_extensions()
+
+    def _links_libcrypto(self) -> bool:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "probe.c"
+            source.write_text(
+                "#define OPENSSL_SUPPRESS_DEPRECATED 1\n#include <openssl/sha.h>\n"
+                "int main(void) { SHA256_CTX c; return !SHA256_Init(&c); }\n"
+            )
+            try:
+                objects = self.compiler.compile([str(source)], output_dir=tmp)
+                self.compiler.link_executable(
+                    objects, "probe", output_dir=tmp, libraries=["crypto"]
+                )
+            except Exception:  # any compile or link failure: build without it
+                return False
+        return True
 
 
 class BuildPyWithPth(build_py):
@@ -143,7 +171,11 @@ setup(
         Extension(
             "auditwatch._ingest",
             sources=sorted(str(p) for p in INGEST_DIR.glob("*.c")) + SHA256,
-            depends=[str(INGEST_DIR / "ingest.h"), str(HOOK_DIR / "sha256.h")],
+            depends=[
+                str(INGEST_DIR / "ingest.h"),
+                str(INGEST_DIR / "hash.h"),
+                str(HOOK_DIR / "sha256.h"),
+            ],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
         ),

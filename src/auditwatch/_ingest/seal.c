@@ -7,6 +7,7 @@
  * and the tests check every output byte against seal.Sealer.
  */
 #include "ingest.h"
+#include "hash.h"
 
 #include <string.h>
 
@@ -20,9 +21,9 @@ static const char DOMAIN_MAC[] = "auditwatch/record-mac/v1";
 /* States with the constant prefixes absorbed once per call; each record starts
  * from copies (a struct assignment) instead of re-hashing the pads. */
 typedef struct {
-    aw_sha256_ctx record;    /* DOMAIN_RECORD */
-    aw_sha256_ctx mac_inner; /* key ^ ipad, then DOMAIN_MAC */
-    aw_sha256_ctx outer;     /* key ^ opad */
+    aw_hash_ctx record;    /* DOMAIN_RECORD */
+    aw_hash_ctx mac_inner; /* key ^ ipad, then DOMAIN_MAC */
+    aw_hash_ctx outer;     /* key ^ opad */
 } sealer;
 
 static void put_be64(unsigned char *p, uint64_t v) {
@@ -33,24 +34,24 @@ static void put_be64(unsigned char *p, uint64_t v) {
 static void sealer_init(sealer *s, const unsigned char *key, size_t keylen) {
     unsigned char k[64] = {0}, pad[64];
     if (keylen > 64) { /* RFC 2104: a long key is replaced by its hash */
-        aw_sha256_ctx c;
-        aw_sha256_init(&c);
-        aw_sha256_update(&c, key, keylen);
-        aw_sha256_final(&c, k);
+        aw_hash_ctx c;
+        aw_hash_init(&c);
+        aw_hash_update(&c, key, keylen);
+        aw_hash_final(&c, k);
     } else if (keylen) {
         memcpy(k, key, keylen);
     }
     for (int i = 0; i < 64; i++)
         pad[i] = k[i] ^ 0x36;
-    aw_sha256_init(&s->mac_inner);
-    aw_sha256_update(&s->mac_inner, pad, 64);
-    aw_sha256_update(&s->mac_inner, DOMAIN_MAC, sizeof DOMAIN_MAC);
+    aw_hash_init(&s->mac_inner);
+    aw_hash_update(&s->mac_inner, pad, 64);
+    aw_hash_update(&s->mac_inner, DOMAIN_MAC, sizeof DOMAIN_MAC);
     for (int i = 0; i < 64; i++)
         pad[i] = k[i] ^ 0x5c;
-    aw_sha256_init(&s->outer);
-    aw_sha256_update(&s->outer, pad, 64);
-    aw_sha256_init(&s->record);
-    aw_sha256_update(&s->record, DOMAIN_RECORD, sizeof DOMAIN_RECORD);
+    aw_hash_init(&s->outer);
+    aw_hash_update(&s->outer, pad, 64);
+    aw_hash_init(&s->record);
+    aw_hash_update(&s->record, DOMAIN_RECORD, sizeof DOMAIN_RECORD);
 }
 
 enum { SEAL_OK, SEAL_TOO_FEW, SEAL_TOO_MANY, SEAL_TRAILING };
@@ -80,18 +81,18 @@ static void seal_records(const sealer *s, const unsigned char *raw, size_t len, 
         put_be64(link + 33, (uint64_t)size);
         unsigned char *hash = out + 32, *mac = out + 64;
         memcpy(out, prev, 32);
-        aw_sha256_ctx c = s->record;
-        aw_sha256_update(&c, prev, 32);
-        aw_sha256_update(&c, link, 41);
-        aw_sha256_update(&c, p, size);
-        aw_sha256_final(&c, hash);
+        aw_hash_ctx c = s->record;
+        aw_hash_update(&c, prev, 32);
+        aw_hash_update(&c, link, 41);
+        aw_hash_update(&c, p, size);
+        aw_hash_final(&c, hash);
         unsigned char inner[32];
         c = s->mac_inner;
-        aw_sha256_update(&c, hash, 32);
-        aw_sha256_final(&c, inner);
+        aw_hash_update(&c, hash, 32);
+        aw_hash_final(&c, inner);
         c = s->outer;
-        aw_sha256_update(&c, inner, 32);
-        aw_sha256_final(&c, mac);
+        aw_hash_update(&c, inner, 32);
+        aw_hash_final(&c, mac);
         prev = hash;
         out += OUT_PER_RECORD;
         p = nl + 1;
