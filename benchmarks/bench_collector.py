@@ -26,10 +26,9 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from auditwatch.collector import sequence
 from auditwatch.collector.server import Collector
 from auditwatch.collector.service import CollectorService
-from auditwatch.store import Store
+from auditwatch.store import Store, lines
 
 _WHERE = {"file": "/usr/lib/python3.11/importlib/_bootstrap.py", "line": 241, "func": "f"}
 
@@ -150,18 +149,18 @@ def main(argv: list[str] | None = None) -> None:
     kinds = ["null", "store", "store-2threads"] + (["store+rules"] if args.rules else [])
     if args.stdlib_json:
         kinds += ["null/json", "store/json"]
-    fast_loads = sequence._fast_loads
+    fast_loads = lines._fast_loads
     results: dict[str, list[float]] = {k: [] for k in kinds}
     tmp = tempfile.mkdtemp(prefix="bench-collector-")
     try:
         for _ in range(args.repeat):
             for kind in kinds:
                 # ".../json": the collector's parser without orjson (its fallback).
-                sequence._fast_loads = None if kind.endswith("/json") else fast_loads
+                lines._fast_loads = None if kind.endswith("/json") else fast_loads
                 config = kind.split("/")[0]
                 results[kind].append(run_once(config, args.senders, per, tmp))
     finally:
-        sequence._fast_loads = fast_loads
+        lines._fast_loads = fast_loads
         shutil.rmtree(tmp, ignore_errors=True)
     import sqlite3
 

@@ -14,6 +14,7 @@ import pytest
 
 from auditwatch.collector.service import CollectorService
 from auditwatch.store import Store, verify
+from auditwatch.store.rows import iter_rows
 
 RUN = "ab" * 16
 
@@ -81,7 +82,7 @@ def test_records_are_stored_sealed_with_the_senders_credentials(harness):
     h.send(rec(1, "start"), rec(2), rec(3, "exit", status={"how": "exit", "code": 0}))
     h.stop()
     with Store.open(h.store_path, readonly=True) as st:
-        rows = st.conn.execute("SELECT seq, peer_pid, peer_uid FROM records").fetchall()
+        rows = [(r.seq, r.ppid, r.uid) for r in iter_rows(st.conn)]
     assert rows == [(seq, os.getpid(), os.getuid()) for seq in (1, 2, 3)]
     assert verify(h.store_path).ok
 

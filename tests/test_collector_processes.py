@@ -6,24 +6,31 @@ import json
 import sqlite3
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
 from auditwatch.store import verify
+from auditwatch.store.rows import Filters, Row, iter_rows
 from collector_helpers import CollectProcess, audited, wait_for
+
+
+def stored(store: str, **filters: Any) -> list[Row]:
+    """The records of ``store`` that pass ``filters`` (see rows.Filters)."""
+    conn = sqlite3.connect(store)
+    try:
+        return list(iter_rows(conn, Filters(**filters)))
+    finally:
+        conn.close()
 
 
 def per_run(store: str) -> dict[str, tuple[int, int, int, int]]:
     """run -> (first seq, last seq, records with a seq, distinct seqs), processes' records."""
-    conn = sqlite3.connect(store)
-    try:
-        rows = conn.execute(
-            "SELECT run, min(seq), max(seq), count(*), count(DISTINCT seq) FROM records"
-            " WHERE kind NOT IN ('alert', 'collector') GROUP BY run"
-        ).fetchall()
-    finally:
-        conn.close()
-    return {r[0]: tuple(r[1:]) for r in rows}
+    seqs: dict[str, list[int]] = {}
+    for r in stored(store):
+        if r.kind not in ("alert", "collector"):
+            seqs.setdefault(r.run, []).append(r.seq)
+    return {run: (min(s), max(s), len(s), len(set(s))) for run, s in seqs.items()}
 
 
 @pytest.mark.heavy
@@ -43,10 +50,7 @@ def test_fifty_processes_twenty_thousand_events_each(tmp_path):
     assert collector.terminate() == 0, collector.stderr()
     runs = per_run(collector.store)
     assert len(runs) == 50
-    conn = sqlite3.connect(collector.store)
-    events = conn.execute("SELECT count(*) FROM records WHERE event = 'bench.event'").fetchone()
-    conn.close()
-    assert events[0] == 1_000_000
+    assert len(stored(collector.store, events=["bench.event"])) == 1_000_000
     for first, last, n, distinct in runs.values():
         # start + 20,000 events (+ auditwatch.install) + exit, every seq exactly once
         assert first == 1 and n == last == distinct >= 20_002
@@ -75,16 +79,9 @@ def test_collector_killed_and_restarted_loses_and_duplicates_nothing(tmp_path):
     sent = int(out)
     time.sleep(1.5)  # the writer retries once a second, then replays its spool
     assert collector.terminate() == 0, collector.stderr()
-    conn = sqlite3.connect(collector.store)
-    seqs = [
-        s
-        for (s,) in conn.execute("SELECT seq FROM records WHERE event = 'bench.tick' ORDER BY seq")
-    ]
-    args = sorted(
-        json.loads(raw)["args"][0]
-        for (raw,) in conn.execute("SELECT raw FROM records WHERE event = 'bench.tick'")
-    )
-    conn.close()
+    ticks = stored(collector.store, events=["bench.tick"])
+    seqs = [r.seq for r in ticks]
+    args = sorted(json.loads(r.raw)["args"][0] for r in ticks)
     assert len(seqs) == len(set(seqs)), "a record was stored twice"
     assert args == list(range(sent)), f"{sent - len(args)} of {sent} records lost"
     ((first, last, n, distinct),) = per_run(collector.store).values()
@@ -112,17 +109,10 @@ def test_indicator_is_stored_before_the_operation_continues(tmp_path):
     )
     assert proc.stdout.readline() == "added\n"
 
-    def stored() -> int:
-        conn = sqlite3.connect(collector.store)
-        try:
-            return conn.execute(
-                "SELECT count(*) FROM records WHERE event = 'sys.addaudithook'"
-            ).fetchone()[0]
-        finally:
-            conn.close()
-
     # Checked at once: no waiting for the collector's batch timer.
-    assert stored() == 1
+    assert len(stored(collector.store, events=["sys.addaudithook"])) == 1
     proc.communicate("\n", timeout=30)
     assert collector.terminate() == 0
-    assert wait_for(lambda: stored() == 1, timeout=1)
+    assert wait_for(
+        lambda: len(stored(collector.store, events=["sys.addaudithook"])) == 1, timeout=1
+    )

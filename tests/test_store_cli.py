@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
+import _layout
 from _store_records import RUNS, T0, sample_items
 from auditwatch.commands import export, query, runs, verify
 from auditwatch.store import Store
@@ -39,10 +40,12 @@ def test_verify_intact(rundir, store):
 
 
 def test_verify_tampered_names_first_record(store):
+    _layout.explode(store)
     conn = sqlite3.connect(store, isolation_level=None)
     raw = conn.execute("SELECT raw FROM records WHERE pos = 6").fetchone()[0]
     conn.execute("UPDATE records SET raw = ? WHERE pos = 6", (raw.replace(b'"v": 1', b'"v": 1 '),))
     conn.execute("DELETE FROM records WHERE pos = 9")
+    _layout.repack(store)
     res = invoke(verify, store)
     assert res.exit_code == 1
     rec = json.loads(raw)

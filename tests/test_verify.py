@@ -8,20 +8,39 @@ import sqlite3
 
 import pytest
 
+import _layout
 from _store_records import sample_items
-from auditwatch.store import Store, StoreError, verify
+from auditwatch.store import Store, StoreError
+from auditwatch.store import verify as verify_store
 from auditwatch.store.seal import Sealer
 
 BATCHES = 3
 
+# Every tampering is tried in both layouts (see _layout.py): "rows", the row per
+# record of stores before schema version 3, and "chunks", what the writer writes
+# now. Tests edit rows in SQL (db() lays the store out as rows first); verify()
+# packs a "chunks" store back into chunks before checking it.
+_LAYOUT: dict[str, str] = {}
+_EXPLODED: set[str] = set()
 
-@pytest.fixture
-def store(tmp_path):
+
+@pytest.fixture(params=["rows", "chunks"])
+def store(tmp_path, request):
     path = str(tmp_path / "store.sqlite")
     with Store.open(path) as st:
         for _ in range(BATCHES):  # several batches: the chain runs across them
             st.append_many(sample_items())
+    _LAYOUT[path] = request.param
+    if request.param == "rows":
+        _layout.explode(path)
     return path
+
+
+def verify(path, *args, **kw):
+    if _LAYOUT.get(path) == "chunks" and path in _EXPLODED:
+        _EXPLODED.discard(path)
+        _layout.repack(path)
+    return verify_store(path, *args, **kw)
 
 
 def n_records():
@@ -29,6 +48,9 @@ def n_records():
 
 
 def db(path):
+    if _LAYOUT.get(path) == "chunks" and path not in _EXPLODED:
+        _layout.explode(path)
+        _EXPLODED.add(path)
     return sqlite3.connect(path, isolation_level=None)
 
 
@@ -248,10 +270,20 @@ def test_verify_does_not_write(store):
 
 def test_edited_index_columns(store):
     # Columns are not sealed, but they decide what queries find: verify compares them.
-    db(store).execute("UPDATE records SET event = 'import' WHERE event = 'os.system'")
-    report, p = first(store)
-    assert p.kind == "columns" and "do not match the sealed raw line" in p.message
-    assert report.problem_count == 2 * BATCHES  # the event and the alert naming it
+    if _LAYOUT[store] == "rows":
+        db(store).execute("UPDATE records SET event = 'import' WHERE event = 'os.system'")
+        report, p = first(store)
+        assert p.kind == "columns" and "do not match the sealed raw line" in p.message
+        assert report.problem_count == 2 * BATCHES  # the event and the alert naming it
+    else:
+        conn = sqlite3.connect(store, isolation_level=None)
+        n = conn.execute(
+            "UPDATE chunks SET events = replace(events, ?, ?)", ("\nos.system\n", "\n")
+        ).rowcount
+        assert n == BATCHES
+        report, p = first(store)
+        assert p.kind == "columns" and "do not match its sealed records" in p.message
+        assert report.problem_count == BATCHES
     assert verify(store, columns=False).ok
 
 

@@ -17,6 +17,7 @@ from auditwatch.collector.notices import excerpt, notice, peer_dict
 from auditwatch.collector.server import Collector, RecordSink
 from auditwatch.collector.spool import SpoolIngest
 from auditwatch.collector.storesink import StoreSink
+from auditwatch.store.rows import Filters, iter_rows
 from auditwatch.store.sqlite import Store
 
 Log = Callable[[str], None]
@@ -172,13 +173,8 @@ class CollectorService:
             )
         ]
         for run in runs:
-            seqs = (
-                s
-                for (s,) in conn.execute(
-                    "SELECT seq FROM records WHERE run = ? AND seq IS NOT NULL ORDER BY seq",
-                    (run,),
-                )
-                if type(s) is int
+            seqs = sorted(
+                row.seq for row in iter_rows(conn, Filters(runs=[run])) if type(row.seq) is int
             )
             self.collector.sequencer.seed(run, seqs)
         return len(runs)

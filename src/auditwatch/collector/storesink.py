@@ -1,13 +1,11 @@
 """The store as a collector sink: records batched, sealed, and written.
 
-Records are batched (5,000, or whatever came within 0.2 s) and sealed and
-inserted in one transaction. With ``threaded`` the inserts run in a second thread
-while the collector thread seals the next batch, behind a queue of ``depth``
-batches (when SQLite falls behind, the collector thread blocks, socket buffers fill
-and the audited processes' writers wait: lossless back-pressure). Measured on 2
-cores it is *slower* than one thread (the sqlite3 module gives up the GIL around
-every row's step and waits for it back behind the busy collector thread), so the
-collector uses one thread by default; see docs/store.md.
+Records are batched (5,000, or whatever came within 0.2 s), then sealed and
+inserted in one transaction. With ``threaded`` the collector thread seals and a
+second thread inserts, behind a queue of ``depth`` batches (when SQLite falls
+behind, the collector thread blocks, socket buffers fill and the audited
+processes' writers wait: lossless back-pressure). Sealing (``_ingest.seal_chunk``)
+and SQLite's work both run without the GIL, so the two threads use two cores.
 
 ``flush()`` returns once everything accepted so far is committed: the collector
 calls it before acknowledging an indicator, so an ack means "in the store".
@@ -23,8 +21,9 @@ import threading
 import time
 from typing import Callable
 
+from auditwatch.store.chunks import Span
 from auditwatch.store.seal import PeerCred
-from auditwatch.store.sqlite import SealedBatch, Store
+from auditwatch.store.sqlite import Item, SealedBatch, Store
 
 Log = Callable[[str], None]
 
@@ -48,7 +47,8 @@ class StoreSink:
         self.batch = batch
         self.max_delay = max_delay
         self.log = log
-        self._pending: list[tuple[bytes, dict, PeerCred | None]] = []
+        self._pending: list[Item | Span] = []
+        self._pending_records = 0
         self._pending_since = 0.0
         self._head = store.head()
         self._queue: queue.Queue[SealedBatch | None] = queue.Queue(maxsize=depth)
@@ -58,7 +58,6 @@ class StoreSink:
         self.stored = 0
         self.failed = 0
         self.threaded = threaded
-        self._committed = self._head
         self._thread = threading.Thread(
             target=self._write_loop, name="auditwatch-store", daemon=True
         )
@@ -70,7 +69,17 @@ class StoreSink:
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append((raw, record, peer))
-        if len(self._pending) >= self.batch:
+        self._pending_records += 1
+        if self._pending_records >= self.batch:
+            self._submit()
+
+    def accept_span(self, span: Span) -> None:
+        """Plain events of one run, as one piece (the collector's fast path)."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(span)
+        self._pending_records += span.count
+        if self._pending_records >= self.batch:
             self._submit()
 
     def add(self, record: dict) -> bytes:
@@ -104,12 +113,14 @@ class StoreSink:
     def _submit(self) -> None:
         if not self._pending:
             return
-        items, self._pending = self._pending, []
+        items, self._pending, self._pending_records = self._pending, [], 0
+        if not self.threaded:
+            self._head = self._write_one(items, self._head)
+            return
+        # Sealed here, written there: the hashing (C, without the GIL) and SQLite's
+        # work (also without it) run on two cores at once.
         batch = self.store.seal(items, self._head)
         self._head = batch.end
-        if not self.threaded:
-            self._committed = self._write_one(batch, self._committed)
-            return
         with self._done:
             self._submitted += 1
         self._queue.put(batch)  # blocks when the writer is behind: back-pressure
@@ -120,35 +131,42 @@ class StoreSink:
             batch = self._queue.get()
             if batch is None:
                 return
+            if batch.start != committed:
+                # An earlier batch failed: this one was sealed onto a head that never
+                # reached the store. Seal it again onto the real one.
+                batch = batch.items
             committed = self._write_one(batch, committed)
             with self._done:
                 self._written += 1
                 self._done.notify_all()
 
-    def _write_one(self, batch: SealedBatch, committed: tuple[int, bytes]) -> tuple[int, bytes]:
-        """Write one batch; returns the head the store now ends at."""
+    def _write_one(
+        self, batch: SealedBatch | list[Item | Span], head: tuple[int, bytes]
+    ) -> tuple[int, bytes]:
+        """Write one batch (sealing it onto ``head`` first when it is not sealed yet);
+        returns the head the store now ends at."""
+        items = batch.items if isinstance(batch, SealedBatch) else batch
         try:
-            if batch.start != committed:
-                # An earlier batch failed: this one was sealed onto a head that never
-                # reached the store. Seal it again onto the real one.
-                batch = self.store.seal(batch.items, committed)
+            if not isinstance(batch, SealedBatch):
+                batch = self.store.seal(batch, head)
             self.stored += self.store.write(batch)
             return batch.end
         except Exception as exc:
-            self.failed += len(batch.rows)
-            self._rescue(batch, exc)
-            return committed
+            self._rescue(items, exc)
+            return head
 
-    def _rescue(self, batch: SealedBatch, exc: Exception) -> None:
+    def _rescue(self, items: list[Item | Span], exc: Exception) -> None:
         # The store refused the batch (disk full, tampered, locked): keep the lines in
         # a JSON-lines file beside it rather than lose them, and say so loudly.
         path = f"{self.store.path}.unstored-{os.getpid()}.jsonl"
         try:
             with open(path, "ab") as f:
                 os.fchmod(f.fileno(), 0o600)
-                for row in batch.rows:
-                    f.write(row[11] + b"\n")
+                for item in items:
+                    f.write(item.lines if type(item) is Span else item[0] + b"\n")
             where = f"kept in {path}"
         except OSError as err:
             where = f"and could not be kept ({err})"
-        self.log(f"cannot store {len(batch.rows)} records ({exc}); {where}")
+        n = sum(item.count if type(item) is Span else 1 for item in items)
+        self.failed += n
+        self.log(f"cannot store {n} records ({exc}); {where}")

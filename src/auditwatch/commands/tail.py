@@ -7,56 +7,26 @@ import json
 import os
 import sys
 import time
-from typing import IO, Any, Iterator
+from typing import IO
 
 import click
 
 from auditwatch.collector.alerts import PRIORITY_STYLES
 from auditwatch.store.keys import StoreError
-from auditwatch.store.sqlite import Store, as_bytes
+from auditwatch.store.rows import Filters, as_bytes, iter_rows
+from auditwatch.store.sqlite import Store
 
 POLL = 0.25  # seconds between looks at the store when following
-PAGE = 2_000
 
 
-def _select(where: list[str]) -> str:
-    sql = "SELECT pos, run, seq, ts, kind, event, pid, alert, raw FROM records WHERE pos > ?"
-    for clause in where:
-        sql += f" AND {clause}"
-    return sql + f" ORDER BY pos LIMIT {PAGE}"
-
-
-def _filters(events: tuple[str, ...], alerts: bool) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if events:
-        where.append("(" + " OR ".join("event GLOB ?" for _ in events) + ")")
-        params.extend(p.replace("[!", "[^") for p in events)
-    if alerts:
-        where.append("alert IS NOT NULL")
-    return where, params
-
-
-def rows_after(store: Store, pos: int, where: list[str], params: list[Any]) -> Iterator[tuple]:
-    sql = _select(where)
-    while True:
-        rows = store.conn.execute(sql, [pos, *params]).fetchall()
-        yield from rows
-        if len(rows) < PAGE:
-            return
-        pos = rows[-1][0]
-
-
-def start_position(store: Store, lines: int, where: list[str], params: list[Any]) -> int:
+def start_position(store: Store, lines: int, filters: Filters) -> int:
     """The position after which the last ``lines`` matching records begin."""
     if lines <= 0:
         return store.last_pos()
-    sql = "SELECT pos FROM records WHERE pos > 0"
-    for clause in where:
-        sql += f" AND {clause}"
-    sql += " ORDER BY pos DESC LIMIT 1 OFFSET ?"
-    row = store.conn.execute(sql, [*params, lines - 1]).fetchone()
-    return row[0] - 1 if row else 0
+    for n, row in enumerate(iter_rows(store.conn, filters, reverse=True), 1):
+        if n == lines:
+            return row.pos - 1
+    return 0
 
 
 def describe(row: tuple) -> tuple[str, str]:
@@ -150,14 +120,14 @@ def command(
         st = Store.open(store, readonly=True)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    where, params = _filters(events, alerts)
+    filters = Filters(events=list(events), alerts=alerts)
     printer = Printer(sys.stdout, as_json)
     try:
-        pos = start_position(st, lines, where, params)
+        pos = start_position(st, lines, filters)
         while True:
-            for row in rows_after(st, pos, where, params):
+            for row in iter_rows(st.conn, filters, after=pos):
                 printer.row(row)
-                pos = row[0]
+                pos = row.pos
             printer.flush()
             if not follow:
                 return

@@ -1,9 +1,10 @@
 """Find records: by run, process tree, event glob, time, argument text, alerts.
 
-Narrowing happens in SQL on the indexed columns; the argument filters then look at
-the record itself. Argument text is the record's ``args`` as compact JSON with
-non-ASCII characters as themselves (``json.dumps(args, ensure_ascii=False,
-separators=(",", ":"))``), so it does not depend on how the sender escaped it.
+Narrowing happens in SQL as far as the store's layout allows (rows.py); the
+argument filters then look at the record itself. Argument text is the record's
+``args`` as compact JSON with non-ASCII characters as themselves
+(``json.dumps(args, ensure_ascii=False, separators=(",", ":"))``), so it does not
+depend on how the sender escaped it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import json
 import re
 from typing import Any, Iterable, Iterator, NamedTuple, Pattern, Sequence
 
-from auditwatch.store.sqlite import Store, as_bytes
+from auditwatch.store.rows import Filters, iter_rows
+from auditwatch.store.sqlite import Store
 
 # Runs of letters in the needle must appear verbatim in the raw line too (JSON
 # encoders do not escape letters, and they are not number or structure syntax), so
@@ -100,11 +102,6 @@ def descendants(store: Store, roots: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _glob_sql(pattern: str) -> str:
-    # fnmatch's negated class [!x] is GLOB's [^x]; everything else means the same.
-    return pattern.replace("[!", "[^")
-
-
 def query(
     store: Store,
     *,
@@ -125,43 +122,26 @@ def query(
     ``since``/``until``: ns since the epoch, inclusive; ``contains``/``regex``: on the
     argument text (see the module docstring); ``alerts``: alert records only.
     """
-    where: list[str] = []
-    params: list[Any] = []
     wanted_runs = list(runs)
     if tree:
         wanted_runs.extend(descendants(store, tree))
-    if runs or tree:
-        wanted = sorted(set(wanted_runs))
-        where.append(f"run IN ({','.join('?' * len(wanted))})")
-        params.extend(wanted)
-    if events:
-        where.append("(" + " OR ".join("event GLOB ?" for _ in events) + ")")
-        params.extend(_glob_sql(p) for p in events)
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("ts <= ?")
-        params.append(until)
-    if alerts:
-        where.append("alert IS NOT NULL")
-    if contains:
-        for piece in _VERBATIM.findall(contains):
-            where.append("instr(raw, ?) > 0")
-            params.append(piece.encode("utf-8"))
-    sql = "SELECT pos, run, seq, ts, kind, event, pid, alert, raw FROM records"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY pos"
+    if (runs or tree) and not wanted_runs:
+        return
+    filters = Filters(
+        runs=sorted(set(wanted_runs)),
+        events=list(events),
+        since=since,
+        until=until,
+        alerts=alerts,
+        contains=[piece.encode("utf-8") for piece in _VERBATIM.findall(contains or "")],
+    )
     pattern: Pattern[str] | None = re.compile(regex) if regex else None
     check_args = bool(contains) or pattern is not None
-    if limit is not None and not check_args:
-        sql += f" LIMIT {int(limit):d}"
     if limit is not None and limit <= 0:
         return
     n = 0
-    for row in store.conn.execute(sql, params):
-        rec = StoredRecord(*row[:8], as_bytes(row[8]))
+    for row in iter_rows(store.conn, filters):
+        rec = StoredRecord(*row[:9])
         if check_args and not _args_match(rec.raw, contains, pattern):
             continue
         yield rec

@@ -6,36 +6,85 @@ import json
 import sqlite3
 from typing import Any, Dict, Iterable, NamedTuple, Tuple
 
+from auditwatch.store.lines import parse
+from auditwatch.store.rows import iter_rows
+
 # (run, kind, ts, parsed record) for the start and exit records of a batch.
 Special = Tuple[str, str, int, Dict[str, Any]]
 
-_AGGREGATE = """
-    SELECT run, count(*), sum(kind = 'event'), sum(alert IS NOT NULL),
-           min(ts), max(ts), min(pos), max(pos)
-    FROM records NOT INDEXED WHERE pos > ? AND run IS NOT NULL GROUP BY run
-"""
-# NOT INDEXED: left to itself SQLite walks the whole (run, seq) index to group by
-# run, which made every batch cost O(store size); the rowid range is the batch.
+
+class Tally:
+    """One run's share of a batch: what ``runs`` adds up. The writer fills it while
+    sealing (it has every record parsed at hand), so no SQL runs per record."""
+
+    __slots__ = ("alerts", "events", "first", "first_pos", "last_pos", "max_ts", "min_ts", "n")
+
+    def __init__(self, pos: int, first: dict[str, Any] | bytes) -> None:
+        self.n = self.events = self.alerts = 0
+        self.min_ts: Any = None
+        self.max_ts: Any = None
+        self.first_pos = self.last_pos = pos
+        # The run's first record in the batch, for its lineage: parsed, or the raw
+        # line of a span's first record (parsed only if the run turns out new).
+        self.first = first
+
+    def add(self, pos: int, kind: Any, ts: Any) -> None:
+        self.n += 1
+        self.last_pos = pos
+        if kind == "event":
+            self.events += 1
+        elif kind == "alert":
+            self.alerts += 1
+        if type(ts) is int and -(2**63) <= ts < 2**63:
+            if self.min_ts is None or ts < self.min_ts:
+                self.min_ts = ts
+            if self.max_ts is None or ts > self.max_ts:
+                self.max_ts = ts
 
 
-def update_runs(conn: sqlite3.Connection, after_pos: int, specials: Iterable[Special]) -> None:
-    """Fold the records after ``after_pos`` into ``runs`` (inside the caller's transaction).
+def tally(tallies: dict[str, Tally], pos: int, rec: dict[str, Any]) -> None:
+    """Count one record (at ``pos``) into its run's tally."""
+    run = rec.get("run")
+    if type(run) is not str:
+        return
+    t = tallies.get(run)
+    if t is None:
+        t = tallies[run] = Tally(pos, rec)
+    t.add(pos, rec.get("kind"), rec.get("ts"))
 
-    Counting in SQL keeps the per-record Python cost of append at zero; only the
-    few start and exit records are looked at one by one.
-    """
-    for run, n, events, alerts, first_ts, last_ts, first_pos, last_pos in conn.execute(
-        _AGGREGATE, (after_pos,)
-    ).fetchall():
+
+def tally_span(tallies: dict[str, Tally], span: Any, first_pos: int) -> None:
+    """Count a span (chunks.Span: plain events of one run) starting at ``first_pos``."""
+    t = tallies.get(span.run)
+    if t is None:
+        t = tallies[span.run] = Tally(first_pos, span.lines[: span.lines.find(b"\n")])
+    t.n += span.count
+    t.events += span.count
+    t.last_pos = first_pos + span.count - 1
+    if t.min_ts is None or span.min_ts < t.min_ts:
+        t.min_ts = span.min_ts
+    if t.max_ts is None or span.max_ts > t.max_ts:
+        t.max_ts = span.max_ts
+
+
+def update_runs(
+    conn: sqlite3.Connection, tallies: dict[str, Tally], specials: Iterable[Special]
+) -> None:
+    """Fold a batch's tallies into ``runs`` (inside the caller's transaction); only
+    the few start and exit records are looked at one by one."""
+    for run, t in tallies.items():
+        try:
+            run.encode("utf-8")
+        except UnicodeEncodeError:
+            continue  # a run id SQLite cannot store as text has no summary row
         cur = conn.execute(
             "INSERT OR IGNORE INTO runs (run, first_ts, last_ts, first_pos, last_pos)"
             " VALUES (?, ?, ?, ?, ?)",
-            (run, first_ts, last_ts, first_pos, last_pos),
+            (run, t.min_ts, t.max_ts, t.first_pos, t.last_pos),
         )
         if cur.rowcount == 1:
             # A new run: its lineage is on every record; take it from the first one.
-            raw = conn.execute("SELECT raw FROM records WHERE pos = ?", (first_pos,)).fetchone()[0]
-            rec = _parse(raw)
+            rec = t.first if isinstance(t.first, dict) else _parse(t.first)
             conn.execute(
                 "UPDATE runs SET parent_run = ?, pid = ?, installed = ? WHERE run = ?",
                 (
@@ -47,10 +96,11 @@ def update_runs(conn: sqlite3.Connection, after_pos: int, specials: Iterable[Spe
             )
         conn.execute(
             """UPDATE runs SET records = records + ?, events = events + ?, alerts = alerts + ?,
-                   first_ts = min(coalesce(first_ts, ?), ?), last_ts = max(coalesce(last_ts, ?), ?),
+                   first_ts = min(coalesce(first_ts, ?), coalesce(?, first_ts)),
+                   last_ts = max(coalesce(last_ts, ?), coalesce(?, last_ts)),
                    last_pos = ?
                WHERE run = ?""",
-            (n, events or 0, alerts or 0, first_ts, first_ts, last_ts, last_ts, last_pos, run),
+            (t.n, t.events, t.alerts, t.min_ts, t.min_ts, t.max_ts, t.max_ts, t.last_pos, run),
         )
     for run, kind, ts, rec in specials:
         if kind == "start":
@@ -66,7 +116,7 @@ def update_runs(conn: sqlite3.Connection, after_pos: int, specials: Iterable[Spe
                     _str(proc.get("exe")),
                     json.dumps(argv, ensure_ascii=False) if isinstance(argv, list) else None,
                     _str(proc.get("cwd")),
-                    ts,
+                    _int(ts),
                     run,
                 ),
             )
@@ -74,26 +124,37 @@ def update_runs(conn: sqlite3.Connection, after_pos: int, specials: Iterable[Spe
             status = rec.get("status")
             conn.execute(
                 "UPDATE runs SET exit_ts = ?, exit_status = ? WHERE run = ?",
-                (ts, json.dumps(status, ensure_ascii=False), run),
+                (_int(ts), json.dumps(status, ensure_ascii=False), run),
             )
+
+
+def special(rec: dict[str, Any]) -> Special | None:
+    """The (run, kind, ts, record) of a start or exit record, else None."""
+    kind = rec.get("kind")
+    run = rec.get("run")
+    if (kind == "start" or kind == "exit") and type(run) is str:
+        return (run, kind, rec.get("ts"), rec)
+    return None
 
 
 def rebuild_runs(conn: sqlite3.Connection) -> None:
     """Recompute ``runs`` from the records (inside the caller's transaction)."""
     conn.execute("DELETE FROM runs")
+    tallies: dict[str, Tally] = {}
     specials = []
-    for run, kind, ts, raw in conn.execute(
-        "SELECT run, kind, ts, raw FROM records WHERE kind IN ('start', 'exit') ORDER BY pos"
-    ):
-        if run is not None:
-            specials.append((run, kind, ts, _parse(raw)))
-    update_runs(conn, 0, specials)
+    for row in iter_rows(conn):
+        rec = _parse(row.raw)
+        tally(tallies, row.pos, rec)
+        sp = special(rec)
+        if sp is not None:
+            specials.append(sp)
+    update_runs(conn, tallies, specials)
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
-        rec = json.loads(raw)
-    except ValueError:
+        rec = parse(raw)
+    except (ValueError, RecursionError):
         return {}
     return rec if isinstance(rec, dict) else {}
 

@@ -67,7 +67,26 @@ V2: list[Step] = [
     _backfill_runs,
 ]
 
-MIGRATIONS: Sequence[list[Step]] = (V1, V2)
+V3: list[Step] = [
+    # Records by the chunk (chunks.py): a row per record cost more than the
+    # collector's whole budget per record. Rows written before stay in records;
+    # positions continue across both tables, and the chain runs through them.
+    """CREATE TABLE chunks (
+        first_pos INTEGER PRIMARY KEY,
+        n INTEGER NOT NULL,
+        peer_uid INTEGER, peer_gid INTEGER, peer_pid INTEGER,
+        raw BLOB NOT NULL,
+        seal BLOB NOT NULL,
+        run, min_ts, max_ts,
+        alerts INTEGER NOT NULL DEFAULT 0,
+        events TEXT
+    )""",
+    "CREATE INDEX chunks_run ON chunks (run)",
+    "CREATE INDEX chunks_ts ON chunks (max_ts)",
+    "CREATE INDEX chunks_alerts ON chunks (first_pos) WHERE alerts > 0",
+]
+
+MIGRATIONS: Sequence[list[Step]] = (V1, V2, V3)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -62,6 +62,7 @@ class Sealer:
     """Computes hashes and MACs for one store (its id) under one key."""
 
     def __init__(self, key: bytes, store_id: bytes) -> None:
+        self.key = key  # for the native sealer (_ingest.seal_chunk), which does the same
         self.store_id = store_id
         self.genesis = hashlib.sha256(DOMAIN_GENESIS + store_id).digest()
         self._record_base = hashlib.sha256(DOMAIN_RECORD)
@@ -88,6 +89,11 @@ class Sealer:
         o = self._outer.copy()
         o.update(i.digest())
         return o.digest()
+
+    def seal_one(self, prev: bytes, pos: int, peer: PeerCred | None, raw: bytes) -> bytes:
+        """prev_hash, hash and MAC of one record: its entry in a chunk's seal column."""
+        digest = self.record_hash(prev, pos, peer, raw)
+        return prev + digest + self.record_mac(digest)
 
     def seal_mac(self, pos: int, digest: bytes) -> bytes:
         return self._mac(DOMAIN_SEAL + self.store_id + _U64.pack(pos) + digest)

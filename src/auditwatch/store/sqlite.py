@@ -14,7 +14,9 @@ import sqlite3
 import time
 from typing import Any, Dict, Iterable, Iterator, NamedTuple, Optional, Tuple
 
-from auditwatch.store import schema
+from auditwatch._ingest import seal_chunk
+from auditwatch.store import chunks, rows, schema
+from auditwatch.store.chunks import Span
 from auditwatch.store.keys import (
     StoreError,
     StoreTampered,
@@ -23,29 +25,34 @@ from auditwatch.store.keys import (
     load_key,
     stored_key_path,
 )
-from auditwatch.store.runs import Special, rebuild_runs, update_runs
-from auditwatch.store.seal import _LINK, PeerCred, Sealer
+from auditwatch.store.rows import iter_rows, last_link, last_position, record_count
+from auditwatch.store.runs import (
+    Special,
+    Tally,
+    rebuild_runs,
+    special,
+    tally,
+    tally_span,
+    update_runs,
+)
+from auditwatch.store.seal import PeerCred, Sealer
 
 Item = Tuple[bytes, Dict[str, Any], Optional[PeerCred]]
 
-# The rows bind their BLOBs as bytearray and an absent alert as an empty bytearray
-# turned back into NULL here: before Python 3.13 the sqlite3 module binds only int,
-# float, str and bytearray directly, and sends bytes and None through its adapter
-# lookup, a failed attribute search each time. That lookup was a sixth of the
-# collector's work per record (docs/performance.md). A record value is never a BLOB,
-# so the empty BLOB cannot stand for a real alert name.
-_INSERT = "INSERT INTO records VALUES (?,?,?,?,?,?,?,NULLIF(?,X''),?,?,?,?,?,?,?)"
-_NO_ALERT = bytearray()
+# Chunks bind their BLOBs as bytearray: before Python 3.13 the sqlite3 module binds
+# only int, float, str and bytearray directly, and sends bytes through its adapter
+# lookup, a failed attribute search each time (docs/performance.md).
 
 
 class SealedBatch(NamedTuple):
-    """Rows ready to insert: sealed to chain from ``start`` to ``end`` (pos, hash)."""
+    """Chunk rows ready to insert: sealed to chain from ``start`` to ``end`` (pos, hash)."""
 
     start: tuple[int, bytes]
     end: tuple[int, bytes]
-    rows: list[tuple[Any, ...]]
+    rows: list[tuple[Any, ...]]  # chunks.COLUMNS
     specials: list[Special]
-    items: list[Item]  # what was sealed, to seal again onto another head
+    tallies: dict[str, Tally]
+    items: list[Item | Span]  # what was sealed, to seal again onto another head
 
 
 def resolve_store_path(path: str) -> str:
@@ -240,10 +247,7 @@ class Store:
             raise StoreError(f"store {self.path} was opened read-only")
         if not isinstance(items, list):
             items = list(items)
-        specials: list[Special] = []
-        state = [head[0], head[1]]
-        rows = list(self._rows(items, state, specials))
-        return SealedBatch(head, (state[0], state[1]), rows, specials, items)
+        return self._chunks(items, head)
 
     def write(self, batch: SealedBatch) -> int:
         """Store a sealed batch in one transaction; it must chain onto the stored head."""
@@ -270,28 +274,11 @@ class Store:
             raise
 
     def _insert(self, batch: SealedBatch) -> None:
-        """Insert the rows, update runs and the head seal (inside a write transaction)."""
-        conn = self.conn
+        """Insert the chunks, update runs and the head seal (inside a write transaction)."""
         if not batch.rows:
             return
-        conn.execute("SAVEPOINT rows")
-        try:
-            conn.executemany(_INSERT, batch.rows)
-        except (
-            UnicodeEncodeError,
-            OverflowError,
-            sqlite3.InterfaceError,
-            sqlite3.ProgrammingError,
-        ):
-            # A field SQLite cannot take as it is (lone surrogate, int beyond 64 bits,
-            # a list where a name belongs): redo the batch with the indexed columns
-            # cleaned. The raw line is stored untouched either way.
-            conn.execute("ROLLBACK TO rows")
-            conn.executemany(
-                _INSERT, (r[:1] + tuple(map(clean_column, r[1:8])) + r[8:] for r in batch.rows)
-            )
-        conn.execute("RELEASE rows")
-        update_runs(conn, batch.start[0], batch.specials)
+        self.conn.executemany(chunks.INSERT, batch.rows)
+        update_runs(self.conn, batch.tallies, batch.specials)
         self._write_seal(*batch.end)
 
     def append(self, raw: bytes, record: dict[str, Any], peer: PeerCred | None = None) -> int:
@@ -299,58 +286,75 @@ class Store:
         self.append_many([(raw, record, peer)])
         return self.last_pos()
 
-    def _rows(self, items: Iterable[Item], state: list[Any], specials: list[Special]) -> Iterator:
-        # The hot loop: everything is a local, one hash and one HMAC per record.
-        pos, prev = state
-        base_copy, inner_copy, outer_copy = self._sealer.hot_functions()  # type: ignore[union-attr]
-        pack = _LINK.pack
-        prev_blob = bytearray(prev)  # see _INSERT for why BLOBs go in as bytearray
-        for raw, rec, peer in items:
-            pos += 1
-            if peer is None:
-                h = base_copy()
-                h.update(prev + pack(pos, 0, 0, 0, 0, len(raw)) + raw)
-                uid = gid = ppid = None
+    def _chunks(self, items: list[Item | Span], head: tuple[int, bytes]) -> SealedBatch:
+        """Seal ``items`` onto ``head`` and pack them into chunk rows: consecutive
+        records of one sender share a chunk, and a span is a chunk of its own."""
+        sealer = self._sealer
+        assert sealer is not None
+        out: list[tuple[Any, ...]] = []
+        specials: list[Special] = []
+        tallies: dict[str, Tally] = {}
+        pos, prev = head
+        lines: list[bytes] = []
+        summary = chunks.Summary()
+        key: Any = None
+        size = 0
+
+        def close() -> None:
+            # Seal the open chunk's records in one native call and pack the row.
+            nonlocal pos, prev, lines, summary, size
+            if not lines:
+                return
+            if len(lines) == 1 and b"\n" in lines[0]:
+                raw = lines[0]  # stored alone, byte for byte (chunks.pack_raw)
+                seal = sealer.seal_one(prev, pos + 1, _peer_cred(key), raw)
             else:
-                uid, gid, ppid = peer.uid, peer.gid, peer.pid
-                h = base_copy()
-                h.update(prev + pack(pos, 1, uid, gid, ppid, len(raw)) + raw)
-            digest = h.digest()
-            digest_blob = bytearray(digest)
-            i = inner_copy()
-            i.update(digest)
-            o = outer_copy()
-            o.update(i.digest())
+                raw = b"\n".join(lines) + b"\n"
+                seal = seal_chunk(raw, len(lines), pos + 1, prev, key, sealer.key)
+                if len(lines) == 1:
+                    raw = lines[0]
+            out.append(_chunk_row(pos + 1, key, len(lines), raw, seal, summary.finding()))
+            pos += len(lines)
+            prev = seal[-64:-32]
+            lines, summary, size = [], chunks.Summary(), 0
+
+        for item in items:
+            if type(item) is Span:
+                close()
+                span_key = _peer_key(item.peer)
+                seal = seal_chunk(item.lines, item.count, pos + 1, prev, span_key, sealer.key)
+                finding = chunks.Finding(
+                    item.run, item.min_ts, item.max_ts, 0, chunks.frame_events(item.events)
+                )
+                # A chunk of one record stores its line without the newline (pack_raw).
+                raw = item.lines if item.count > 1 else item.lines[:-1]
+                out.append(_chunk_row(pos + 1, span_key, item.count, raw, seal, finding))
+                tally_span(tallies, item, pos + 1)
+                pos += item.count
+                prev = seal[-64:-32]
+                continue
+            raw, rec, peer = item  # type: ignore[misc]
+            peer_key = _peer_key(peer)
+            if lines and (
+                peer_key != key
+                or len(lines) >= chunks.MAX_RECORDS
+                or size >= chunks.MAX_BYTES
+                or b"\n" in raw
+                or b"\n" in lines[0]
+            ):
+                close()
+            key = peer_key
+            lines.append(raw)
+            size += len(raw)
             kind = rec.get("kind")
-            alert: Any = _NO_ALERT
-            if kind != "event":
-                run = rec.get("run")
-                if kind == "start" or kind == "exit":
-                    specials.append((run, kind, rec.get("ts"), rec))
-                elif kind == "alert":
-                    alert = _alert_name(rec)
-            yield (
-                pos,
-                rec.get("run"),
-                rec.get("seq"),
-                rec.get("ts"),
-                kind,
-                rec.get("event"),
-                rec.get("pid"),
-                alert,
-                uid,
-                gid,
-                ppid,
-                bytearray(raw),
-                prev_blob,
-                digest_blob,
-                bytearray(o.digest()),
-            )
-            prev = digest
-            prev_blob = digest_blob
-        # Runs when the generator is exhausted: the new head, for the seal.
-        state[0] = pos
-        state[1] = prev
+            summary.add(rec.get("run"), rec.get("ts"), kind, rec.get("event"))
+            tally(tallies, pos + len(lines), rec)
+            if kind == "start" or kind == "exit":
+                sp = special(rec)
+                if sp is not None:
+                    specials.append(sp)
+        close()
+        return SealedBatch(head, (pos, bytes(prev)), out, specials, tallies, items)
 
     def _sealed_head(self) -> tuple[int, bytes]:
         """The last record, checked against the head seal before anything is chained on.
@@ -360,8 +364,8 @@ class Store:
         """
         conn, sealer = self.conn, self._sealer
         assert sealer is not None
-        last = conn.execute("SELECT pos, hash FROM records ORDER BY pos DESC LIMIT 1").fetchone()
-        pos, digest = (last[0], last[1]) if last else (0, sealer.genesis)
+        last = last_link(conn)
+        pos, digest = last if last else (0, sealer.genesis)
         seal = conn.execute("SELECT pos, hash, mac FROM seals WHERE id = 1").fetchone()
         if (
             seal is None
@@ -395,24 +399,18 @@ class Store:
     # -- reading -------------------------------------------------------------------
 
     def last_pos(self) -> int:
-        row = self.conn.execute("SELECT max(pos) FROM records").fetchone()
-        return row[0] or 0
+        return last_position(self.conn)
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM records").fetchone()[0])
+        return record_count(self.conn)
 
     def raw_lines(self, runs: Iterable[str] | None = None) -> Iterator[bytes]:
         """The raw lines exactly as received, in store order, optionally of some runs."""
-        if runs is None:
-            cur = self.conn.execute("SELECT raw FROM records ORDER BY pos")
-        else:
-            wanted = sorted(set(runs))
-            marks = ",".join("?" * len(wanted))
-            cur = self.conn.execute(
-                f"SELECT raw FROM records WHERE run IN ({marks}) ORDER BY pos", wanted
-            )
-        for (raw,) in cur:
-            yield as_bytes(raw)
+        filters = rows.Filters(runs=sorted(set(runs))) if runs is not None else rows.NO_FILTERS
+        if runs is not None and not filters.runs:
+            return
+        for row in iter_rows(self.conn, filters):
+            yield row.raw
 
     def resolve_run(self, prefix: str) -> str:
         """A full run id from a unique prefix of it (as shown by ``auditwatch runs``)."""
@@ -430,38 +428,19 @@ class Store:
         return str(rows[0][0])
 
 
-def clean_column(value: Any) -> Any:
-    """What an extracted column holds for a record value: the value itself when
-    SQLite can store it faithfully, else an escaped string or NULL."""
-    if value is None:
-        return None
-    if isinstance(value, int):  # bool included, stored as 0/1
-        return value if -(2**63) <= value < 2**63 else None
-    if isinstance(value, float):
-        return None if value != value else value  # SQLite stores NaN as NULL
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
-    return None
+def _chunk_row(
+    first: int, peer: Any, n: int, raw: bytes, seal: bytes, finding: chunks.Finding
+) -> tuple[Any, ...]:
+    uid, gid, pid = peer if peer is not None else (None, None, None)
+    return (first, n, uid, gid, pid, bytearray(raw), bytearray(seal), *finding)
 
 
-def as_bytes(raw: Any) -> bytes:
-    """A raw line as bytes, even if someone rewrote the BLOB as TEXT (verify reports it)."""
-    if isinstance(raw, bytes):
-        return raw
-    return str(raw).encode("utf-8", "surrogateescape")
+def _peer_key(peer: Any) -> tuple[int, int, int] | None:
+    return None if peer is None else (peer.uid, peer.gid, peer.pid)
 
 
-def _alert_name(rec: dict[str, Any]) -> str:
-    # Alert records come from the rules engine; index them by rule name when present.
-    for key in ("rule", "name", "alert"):
-        value = rec.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return "alert"
+def _peer_cred(key: tuple[int, int, int] | None) -> PeerCred | None:
+    return None if key is None else PeerCred(pid=key[2], uid=key[0], gid=key[1])
 
 
 def _tune(conn: sqlite3.Connection) -> None:

@@ -13,17 +13,20 @@ import os
 import sqlite3
 import struct
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
+from auditwatch.store.chunks import ENTRY, Summary, seal_entries, split_raw
 from auditwatch.store.keys import StoreError, key_for_store, load_key
-from auditwatch.store.seal import _LINK, Sealer, peer_from_columns
-from auditwatch.store.sqlite import (
-    _alert_name,
+from auditwatch.store.rows import (
+    alert_name,
+    as_bytes,
     clean_column,
-    connect,
-    read_meta,
-    resolve_store_path,
+    columns_of,
+    has_chunks,
+    parse_record,
 )
+from auditwatch.store.seal import _LINK, Sealer, peer_from_columns
+from auditwatch.store.sqlite import connect, read_meta, resolve_store_path
 
 # How far to look for the position a misplaced record was sealed at.
 _SEARCH = 4096
@@ -33,6 +36,10 @@ _DETAILED = 20
 _SELECT = (
     "SELECT pos, run, seq, peer_uid, peer_gid, peer_pid, raw, prev_hash, hash, mac, "
     "run, seq, ts, kind, event, pid, alert, {quick} FROM records ORDER BY pos"
+)
+_CHUNKS = (
+    "SELECT first_pos, n, peer_uid, peer_gid, peer_pid, raw, seal, "
+    "run, min_ts, max_ts, alerts, events FROM chunks ORDER BY first_pos"
 )
 # With SQLite's JSON1 the columns are compared in C: 1 when they plainly match the
 # raw line (then Python need not parse it), else the exact Python check decides.
@@ -179,7 +186,7 @@ class _Checker:
         compare = hmac.compare_digest
         check_columns = self.columns
         quick = _QUICK_COLUMNS if check_columns and _json1(self.conn) else "0"
-        cursor = iter(self.conn.execute(_SELECT.format(quick=quick)))
+        cursor = self._records(quick)
         expect_pos, expect_prev = 1, sealer.genesis
         rows = macs_ok = 0
         nxt = next(cursor, None)
@@ -230,6 +237,49 @@ class _Checker:
             expect_pos = pos + 1
         self._last = (expect_pos - 1, expect_prev)
         return rows, macs_ok
+
+    def _records(self, quick: str) -> Iterator[tuple]:
+        """Every record in position order, as (pos, run, seq, uid, gid, pid, raw, prev,
+        hash, mac, the 7 indexed columns, columns-plainly-match): the old layout's
+        rows, then each chunk's records, its packing checked on the way."""
+        yield from self.conn.execute(_SELECT.format(quick=quick))
+        if has_chunks(self.conn):
+            for chunk in self.conn.execute(_CHUNKS):
+                yield from self._chunk_records(chunk)
+
+    def _chunk_records(self, chunk: tuple) -> list[tuple]:
+        first, n, uid, gid, ppid, raw, seal = chunk[:7]
+        lines = split_raw(as_bytes(raw), n if type(n) is int else -1)
+        entries = list(seal_entries(seal)) if isinstance(seal, bytes) else []
+        if n != len(lines) or n != len(entries) or len(seal) != len(entries) * ENTRY:
+            self.add(
+                Problem(
+                    first,
+                    "changed",
+                    f"chunk at record {first}: packing damaged — it says {n} records but "
+                    f"holds {len(lines)} line(s) and {len(entries)} seal entries",
+                )
+            )
+        summary = Summary()
+        out = []
+        for i, line in enumerate(lines):
+            rec = parse_record(line)
+            cols = columns_of(rec)
+            if rec is not None:
+                summary.add(rec.get("run"), rec.get("ts"), rec.get("kind"), rec.get("event"))
+            prev, digest, mac = entries[i] if i < len(entries) else (b"", b"", b"")
+            out.append((first + i, *cols[:2], uid, gid, ppid, line, prev, digest, mac, *cols, 1))
+        if self.columns and tuple(summary.finding()) != tuple(chunk[7:]):
+            self.add(
+                Problem(
+                    first,
+                    "columns",
+                    f"chunk of records {first}-{first + len(lines) - 1}: its search columns "
+                    "(run, ts range, alerts, events) do not match its sealed records — "
+                    "edited to hide them from queries",
+                )
+            )
+        return out
 
     def _classify(
         self,
@@ -349,7 +399,17 @@ class _Checker:
         found = self.conn.execute(
             "SELECT pos FROM records WHERE hash = ? AND pos != ? LIMIT 1", (row.hash, row.pos)
         ).fetchone()
-        return found[0] if found else None
+        if found:
+            return int(found[0])
+        if not has_chunks(self.conn) or not isinstance(row.hash, bytes) or not row.hash:
+            return None
+        for first, seal in self.conn.execute(
+            "SELECT first_pos, seal FROM chunks WHERE instr(seal, ?) > 0", (row.hash,)
+        ):
+            for i, (_prev, digest, _mac) in enumerate(seal_entries(seal)):
+                if digest == row.hash and first + i != row.pos:
+                    return int(first + i)
+        return None
 
     # -- the head seal -------------------------------------------------------------
 
@@ -409,7 +469,7 @@ def _columns_match(t: tuple) -> bool:
     except (ValueError, TypeError, AttributeError):
         return False
     want = [get("run"), get("seq"), get("ts"), kind, get("event"), get("pid")]
-    want.append(_alert_name(rec) if kind == "alert" else None)
+    want.append(alert_name(rec) if kind == "alert" else None)
     return [clean_column(v) for v in want] == list(t[10:17])
 
 

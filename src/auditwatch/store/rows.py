@@ -1,0 +1,298 @@
+"""Reading stored records, one at a time, whichever way they are stored.
+
+Stores before schema version 3 hold a row per record (table ``records``); since
+then records are written by the chunk (``chunks``, see chunks.py). Positions run
+on from one table to the other, so a store may hold both. Every reader (query,
+tail, export, runs, verify) goes through :func:`iter_rows`, which narrows in SQL as
+far as each layout allows and checks the rest record by record.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sqlite3
+from typing import Any, Iterator, NamedTuple, Sequence
+
+from auditwatch.store.chunks import seal_entries, split_raw
+from auditwatch.store.lines import parse
+
+
+class Row(NamedTuple):
+    """One stored record: where it is, what the readers index, and its seal."""
+
+    pos: int
+    run: Any
+    seq: Any
+    ts: Any
+    kind: Any
+    event: Any
+    pid: Any
+    alert: Any
+    raw: bytes
+    uid: Any
+    gid: Any
+    ppid: Any
+    prev: Any
+    hash: Any
+    mac: Any
+
+
+class Filters(NamedTuple):
+    """What a reader wants; every filter given must hold. Globs are fnmatch-style
+    and case-sensitive; ``contains`` pieces must appear verbatim in the raw line."""
+
+    runs: Sequence[str] = ()
+    events: Sequence[str] = ()
+    since: int | None = None
+    until: int | None = None
+    alerts: bool = False
+    contains: Sequence[bytes] = ()
+
+
+NO_FILTERS = Filters()
+
+_RECORD_COLUMNS = (
+    "pos, run, seq, ts, kind, event, pid, alert, raw, peer_uid, peer_gid, peer_pid, "
+    "prev_hash, hash, mac"
+)
+
+
+def iter_rows(
+    conn: sqlite3.Connection,
+    filters: Filters = NO_FILTERS,
+    *,
+    after: int = 0,
+    reverse: bool = False,
+) -> Iterator[Row]:
+    """Records after position ``after`` that pass ``filters``, in store order (or
+    from the end with ``reverse``)."""
+    parts = [_legacy_rows(conn, filters, after, reverse)]
+    if has_chunks(conn):
+        parts.append(_chunk_rows(conn, filters, after, reverse))
+    if reverse:
+        parts.reverse()  # chunks always come after the rows of the old layout
+    for part in parts:
+        yield from part
+
+
+def has_chunks(conn: sqlite3.Connection) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'"
+        ).fetchone()
+        is not None
+    )
+
+
+def fields(raw: bytes) -> tuple[Any, Any, Any, Any, Any, Any, Any]:
+    """(run, seq, ts, kind, event, pid, alert) of a raw line, as the old layout's
+    columns held them (see :func:`clean_column`); all None when it does not parse."""
+    return columns_of(parse_record(raw))
+
+
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = parse(raw)
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def columns_of(rec: dict[str, Any] | None) -> tuple[Any, Any, Any, Any, Any, Any, Any]:
+    if rec is None:
+        return (None,) * 7  # type: ignore[return-value]
+    get = rec.get
+    kind = get("kind")
+    cols = (
+        get("run"),
+        get("seq"),
+        get("ts"),
+        kind,
+        get("event"),
+        get("pid"),
+        alert_name(rec) if kind == "alert" else None,
+    )
+    # The common record needs no cleaning: ASCII names and 64-bit integers.
+    for v in cols:
+        t = type(v)
+        if not (
+            v is None
+            or (t is str and v.isascii())  # type: ignore[union-attr]
+            or (t is int and _I64_MIN <= v <= _I64_MAX)  # type: ignore[operator]
+        ):
+            return tuple(map(clean_column, cols))  # type: ignore[return-value]
+    return cols
+
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _legacy_rows(
+    conn: sqlite3.Connection, filters: Filters, after: int, reverse: bool
+) -> Iterator[Row]:
+    where, params = ["pos > ?"], [after]
+    if filters.runs:
+        where.append(f"run IN ({','.join('?' * len(filters.runs))})")
+        params.extend(filters.runs)
+    if filters.events:
+        where.append("(" + " OR ".join("event GLOB ?" for _ in filters.events) + ")")
+        params.extend(glob_sql(p) for p in filters.events)
+    if filters.since is not None:
+        where.append("ts >= ?")
+        params.append(filters.since)
+    if filters.until is not None:
+        where.append("ts <= ?")
+        params.append(filters.until)
+    if filters.alerts:
+        where.append("alert IS NOT NULL")
+    for piece in filters.contains:
+        where.append("instr(raw, ?) > 0")
+        params.append(piece)
+    order = "DESC" if reverse else ""
+    sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)} ORDER BY pos {order}"
+    for t in conn.execute(sql, params):
+        yield Row(*t[:8], as_bytes(t[8]), *t[9:])
+
+
+def _chunk_rows(
+    conn: sqlite3.Connection, filters: Filters, after: int, reverse: bool
+) -> Iterator[Row]:
+    where, params = ["first_pos + n > ?"], [after + 1]
+    if filters.runs:
+        where.append(f"(run IS NULL OR run IN ({','.join('?' * len(filters.runs))}))")
+        params.extend(filters.runs)
+    if filters.events:
+        globs = " OR ".join("events GLOB ?" for _ in filters.events)
+        where.append(f"(events IS NULL OR {globs})")
+        params.extend(f"*\n{glob_sql(p)}\n*" for p in filters.events)
+    if filters.since is not None:
+        # A chunk whose records have no numeric ts has NULL bounds: read it.
+        where.append("(max_ts IS NULL OR max_ts >= ?)")
+        params.append(filters.since)
+    if filters.until is not None:
+        where.append("(min_ts IS NULL OR min_ts <= ?)")
+        params.append(filters.until)
+    if filters.alerts:
+        where.append("alerts > 0")
+    for piece in filters.contains:
+        where.append("instr(raw, ?) > 0")
+        params.append(piece)
+    order = "DESC" if reverse else ""
+    sql = (
+        "SELECT first_pos, n, peer_uid, peer_gid, peer_pid, raw, seal FROM chunks "
+        f"WHERE {' AND '.join(where)} ORDER BY first_pos {order}"
+    )
+    exact = filters != NO_FILTERS
+    for first, n, uid, gid, ppid, raw, seal in conn.execute(sql, params):
+        rows = explode(first, n, uid, gid, ppid, raw, seal)
+        if reverse:
+            rows.reverse()
+        for row in rows:
+            if row.pos > after and (not exact or matches(row, filters)):
+                yield row
+
+
+def explode(first: int, n: int, uid: Any, gid: Any, ppid: Any, raw: Any, seal: Any) -> list[Row]:
+    """The records of one chunk row. A damaged chunk yields what it still holds:
+    a line without a seal entry gets empty hashes, which verify reports."""
+    lines = split_raw(as_bytes(raw), n if isinstance(n, int) else -1)
+    entries = list(seal_entries(seal)) if isinstance(seal, bytes) else []
+    out = []
+    for i, line in enumerate(lines):
+        prev, digest, mac = entries[i] if i < len(entries) else (b"", b"", b"")
+        out.append(Row(first + i, *fields(line), line, uid, gid, ppid, prev, digest, mac))
+    return out
+
+
+def matches(row: Row, filters: Filters) -> bool:
+    """The exact check of a record against ``filters`` (the SQL only narrows)."""
+    if filters.runs and row.run not in filters.runs:
+        return False
+    if filters.events and not (
+        isinstance(row.event, str)
+        and any(fnmatch.fnmatchcase(row.event, p) for p in filters.events)
+    ):
+        return False
+    ts = row.ts
+    if filters.since is not None and not (_number(ts) and ts >= filters.since):
+        return False
+    if filters.until is not None and not (_number(ts) and ts <= filters.until):
+        return False
+    if filters.alerts and row.alert is None:
+        return False
+    return all(piece in row.raw for piece in filters.contains)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value
+
+
+def glob_sql(pattern: str) -> str:
+    # fnmatch's negated class [!x] is GLOB's [^x]; everything else means the same.
+    return pattern.replace("[!", "[^")
+
+
+def last_position(conn: sqlite3.Connection) -> int:
+    """The highest stored position (0 for an empty store)."""
+    best = conn.execute("SELECT max(pos) FROM records").fetchone()[0] or 0
+    if has_chunks(conn):
+        row = conn.execute(
+            "SELECT first_pos + n - 1 FROM chunks ORDER BY first_pos DESC LIMIT 1"
+        ).fetchone()
+        if row and row[0] is not None:
+            best = max(best, row[0])
+    return int(best)
+
+
+def record_count(conn: sqlite3.Connection) -> int:
+    n = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+    if has_chunks(conn):
+        n += conn.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
+    return int(n)
+
+
+def last_link(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
+    """(position, hash) of the last stored record, or None for an empty store."""
+    if has_chunks(conn):
+        row = conn.execute(
+            "SELECT first_pos, n, seal FROM chunks ORDER BY first_pos DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            first, n, seal = row
+            return first + n - 1, bytes(seal[-64:-32])
+    row = conn.execute("SELECT pos, hash FROM records ORDER BY pos DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def clean_column(value: Any) -> Any:
+    """What an indexed column holds for a record value: the value itself when
+    SQLite can store it faithfully, else an escaped string or NULL."""
+    if value is None:
+        return None
+    if isinstance(value, int):  # bool included, stored as 0/1
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, float):
+        return None if value != value else value  # SQLite stores NaN as NULL
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    return None
+
+
+def as_bytes(raw: Any) -> bytes:
+    """A raw line as bytes, even if someone rewrote the BLOB as TEXT (verify reports it)."""
+    if isinstance(raw, bytes):
+        return raw
+    return str(raw).encode("utf-8", "surrogateescape")
+
+
+def alert_name(rec: dict[str, Any]) -> str:
+    # Alert records come from the rules engine; index them by rule name when present.
+    for key in ("rule", "name", "alert"):
+        value = rec.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return "alert"
