@@ -390,11 +390,24 @@ static const unsigned char *scan_plain(const unsigned char *p, int check_pid, in
 
 /* A run of plain lines (count > 0) or another line (count == 0). Offsets into data:
  * a run spans its lines with their newlines, a line excludes its newline. */
+#define MAX_EVENTS 8 /* distinct event names a run lists; a ninth starts a new run */
+
 typedef struct {
     Py_ssize_t start, end, count;
-    Py_ssize_t run_at, run_len, event_at, event_len;
+    Py_ssize_t run_at, run_len;
+    Py_ssize_t ev_at[MAX_EVENTS], ev_len[MAX_EVENTS]; /* the distinct event names */
+    int n_ev, last_ev;
     int64_t first_seq, last_seq, first_ts, last_ts, pid;
 } item;
+
+/* Which of the run's distinct event names the line's is, or -1. */
+static int event_index(const item *r, const unsigned char *data, const unsigned char *ev,
+                       size_t len) {
+    for (int i = 0; i < r->n_ev; i++)
+        if (r->ev_len[i] == (Py_ssize_t)len && memcmp(data + r->ev_at[i], ev, len) == 0)
+            return i;
+    return -1;
+}
 
 typedef struct {
     item *v;
@@ -435,14 +448,22 @@ static void scan_all(const unsigned char *data, size_t len, int check_pid, int64
                 return;
             it->start = p - data, it->end = nl - data, it->count = 0;
             run = NULL;
-        } else if (run != NULL && run->last_seq < INT64_MAX && f.seq == run->last_seq + 1 &&
-                   f.pid == run->pid &&
-                   (Py_ssize_t)f.run_len == run->run_len &&
-                   memcmp(f.run, data + run->run_at, f.run_len) == 0) {
+            p = nl + 1;
+            continue;
+        }
+        int extends = run != NULL && run->last_seq < INT64_MAX && f.seq == run->last_seq + 1 &&
+                      f.pid == run->pid && (Py_ssize_t)f.run_len == run->run_len &&
+                      memcmp(f.run, data + run->run_at, f.run_len) == 0;
+        int ev = extends ? event_index(run, data, f.event, f.event_len) : -1;
+        if (extends && (ev >= 0 || run->n_ev < MAX_EVENTS)) {
             run->end = nl + 1 - data;
             run->count++;
             run->last_seq = f.seq;
-            run->event_at = f.event - data, run->event_len = (Py_ssize_t)f.event_len;
+            if (ev < 0) {
+                ev = run->n_ev++;
+                run->ev_at[ev] = f.event - data, run->ev_len[ev] = (Py_ssize_t)f.event_len;
+            }
+            run->last_ev = ev;
             run->first_ts = f.ts < run->first_ts ? f.ts : run->first_ts;
             run->last_ts = f.ts > run->last_ts ? f.ts : run->last_ts;
         } else {
@@ -452,7 +473,8 @@ static void scan_all(const unsigned char *data, size_t len, int check_pid, int64
                 return;
             run->start = p - data, run->end = nl + 1 - data, run->count = 1;
             run->run_at = f.run - data, run->run_len = (Py_ssize_t)f.run_len;
-            run->event_at = f.event - data, run->event_len = (Py_ssize_t)f.event_len;
+            run->ev_at[0] = f.event - data, run->ev_len[0] = (Py_ssize_t)f.event_len;
+            run->n_ev = 1, run->last_ev = 0;
             run->first_seq = run->last_seq = f.seq;
             run->first_ts = run->last_ts = f.ts;
             run->pid = f.pid;
@@ -501,19 +523,33 @@ static PyObject *build_list(const char *data, const items *it) {
                     goto fail;
                 run_of = x;
             }
+            PyObject *events = PyTuple_New(x->n_ev);
+            if (events == NULL)
+                goto fail;
+            for (int i = 0; i < x->n_ev; i++) {
+                PyObject *name = PyUnicode_FromStringAndSize(data + x->ev_at[i], x->ev_len[i]);
+                if (name == NULL) {
+                    Py_DECREF(events);
+                    goto fail;
+                }
+                PyTuple_SET_ITEM(events, i, name);
+            }
+            PyObject *last_event = PyTuple_GET_ITEM(events, x->last_ev);
+            Py_INCREF(last_event);
             Py_INCREF(run_str);
-            PyObject *v[9] = {
+            PyObject *v[10] = {
                 PyLong_FromSsize_t(x->start),
                 PyLong_FromSsize_t(x->end),
                 run_str,
                 PyLong_FromLongLong(x->first_seq),
                 PyLong_FromLongLong(x->last_seq),
                 PyLong_FromSsize_t(x->count),
-                PyUnicode_FromStringAndSize(data + x->event_at, x->event_len),
+                last_event,
                 PyLong_FromLongLong(x->first_ts),
                 PyLong_FromLongLong(x->last_ts),
+                events,
             };
-            t = tuple_of(v, 9);
+            t = tuple_of(v, 10);
         }
         if (t == NULL)
             goto fail;
