@@ -72,6 +72,9 @@ class Count:
     def accept(self, raw: bytes, record: dict, peer: object) -> None:
         self.n += 1
 
+    def accept_span(self, span: Any) -> None:
+        self.n += span.count
+
 
 def run_once(kind: str, senders: int, per: int, tmp: str) -> float:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -99,7 +102,7 @@ def run_once(kind: str, senders: int, per: int, tmp: str) -> float:
             store,
             ruleset,
             sinks=[count],
-            threaded_store=kind == "store-2threads",
+            threaded_store=kind != "store-1thread",
             log=lambda m: None,
         )
         svc.start()
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     per = args.records // args.senders
-    kinds = ["null", "store", "store-2threads"] + (["store+rules"] if args.rules else [])
+    kinds = ["null", "store", "store-1thread"] + (["store+rules"] if args.rules else [])
     if args.stdlib_json:
         kinds += ["null/json", "store/json"]
     fast_loads = lines._fast_loads
@@ -174,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     base = statistics.median(results["null"])
     names = {
         "null": "null sink (socket, parse, checks)",
-        "store": "sealed store (default: one thread)",
-        "store-2threads": "sealed store, SQLite in a second thread",
+        "store": "sealed store (default: SQLite in a second thread)",
+        "store-1thread": "sealed store, everything in the collector thread",
         "store+rules": "sealed store + default rules",
         "null/json": "null sink, standard-library JSON parser",
         "store/json": "sealed store, standard-library JSON parser",

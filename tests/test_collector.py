@@ -59,10 +59,9 @@ def harness(tmp_path):
     made = []
 
     def make(**options) -> Harness:
-        h = Harness(tmp_path / f"h{len(made)}", **options) if made else None
-        if h is None:
-            (tmp_path / "h0").mkdir()
-            h = Harness(tmp_path / "h0", **options)
+        where = tmp_path / f"h{len(made)}"
+        where.mkdir()
+        h = Harness(where, **options)
         made.append(h)
         return h
 
@@ -248,3 +247,74 @@ def test_stale_socket_is_replaced_and_a_live_one_is_not_stolen(tmp_path):
         CollectorService(path, Store.open(str(tmp_path / "t.sqlite")), None)
     service.stop(0)
     store.close()
+
+
+def _mixed_stream(rng: random.Random, pid: int) -> list[bytes]:
+    """Lines as senders write them, and as they go wrong: runs in sequence, a replay,
+    a gap, interleaved runs, a wrong pid, a lying kind, garbage, duplicate keys."""
+    runs = {f"{i:032x}": 0 for i in range(1, 4)}
+    lines: list[bytes] = []
+    for run in runs:
+        runs[run] += 1
+        lines.append(rec(runs[run], "start", run=run, pid=pid))
+    for _ in range(3000):
+        run = rng.choice(list(runs))
+        roll = rng.random()
+        if roll < 0.90:
+            runs[run] += 1
+            lines.append(rec(runs[run], run=run, pid=pid, event=rng.choice(["open", "import"])))
+        elif roll < 0.93:
+            lines.append(rec(max(1, runs[run] - rng.randrange(5)), run=run, pid=pid))  # replay
+        elif roll < 0.95:
+            runs[run] += rng.randrange(2, 5)  # a gap
+            lines.append(rec(runs[run], run=run, pid=pid))
+        elif roll < 0.96:
+            runs[run] += 1
+            lines.append(rec(runs[run], run=run, pid=pid + 1))  # another process's pid
+        elif roll < 0.97:
+            runs[run] += 1
+            lines.append(rec(runs[run], "alert", run=run, pid=pid))  # senders may not
+        elif roll < 0.98:
+            lines.append(bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 60))))
+        elif roll < 0.99:
+            runs[run] += 1
+            line = rec(runs[run], run=run, pid=pid)
+            lines.append(line[:-1] + b', "seq": %d}' % (runs[run] + 7))  # the last key wins
+        else:
+            lines.append(b"")
+    for run in runs:
+        runs[run] += 1
+        lines.append(rec(runs[run], "exit", run=run, pid=pid, status={"how": "exit", "code": 0}))
+    return [line.replace(b"\n", b" ") for line in lines]
+
+
+def test_spans_store_exactly_what_line_by_line_checks_store(harness):
+    # The fast path takes runs of plain events as spans; everything it cannot vouch
+    # for goes line by line. Whatever the mix, the store must hold the same records
+    # in the same order, and the same lines must be refused, as with every line
+    # checked on its own.
+    rng = random.Random(20261128)
+    lines = _mixed_stream(rng, os.getpid())
+    cuts = sorted(rng.sample(range(1, len(lines)), 40))
+    pieces = [lines[a:b] for a, b in zip([0, *cuts], [*cuts, len(lines)])]
+
+    def stored(scan: bool) -> tuple[list[bytes], list[str]]:
+        refused: list[str] = []
+        h = harness(scan=scan, on_reject=lambda reason, raw, peer: refused.append(reason))
+        s = h.send(close=False)
+        for piece in pieces:  # one connection, in pieces: reads end at varying places
+            s.sendall(b"".join(line + b"\n" for line in piece))
+            time.sleep(0.002)
+        s.close()
+        h.stop()
+        with Store.open(h.store_path, readonly=True) as st:
+            kept = [r.raw for r in iter_rows(st.conn) if r.kind != "collector"]
+        assert verify(h.store_path).ok
+        spans.append(h.service.collector.span_records)
+        return kept, refused
+
+    spans: list[int] = []
+    fast, slow = stored(True), stored(False)
+    assert spans[0] > 1000 and spans[1] == 0
+    assert len(fast[0]) > 2500 and len(fast[1]) > 50
+    assert fast == slow

@@ -68,8 +68,6 @@ class RunWatch:
             st.parent_run = parent if isinstance(parent, str) else None
             if st.parent_run is not None and isinstance(st.pid, int):
                 self._successors.add((st.parent_run, st.pid))
-        st.last_seen = self.clock()
-        st.silent = False
         seq = record.get("seq")
         if isinstance(seq, int) and seq > st.last_seq:
             st.last_seq = seq
@@ -78,6 +76,22 @@ class RunWatch:
                 st.exited = True
             elif kind == "event":
                 st.last_event = record.get("event")
+        self._touch(run, st, conn)
+
+    def knows(self, run: str) -> bool:
+        return run in self.runs
+
+    def seen_span(self, run: str, last_seq: int, last_event: str, conn: int | None) -> None:
+        """Plain events of a run already known (see :meth:`knows`), the last one given."""
+        st = self.runs[run]
+        if last_seq > st.last_seq:
+            st.last_seq = last_seq
+            st.last_event = last_event
+        self._touch(run, st, conn)
+
+    def _touch(self, run: str, st: RunState, conn: int | None) -> None:
+        st.last_seen = self.clock()
+        st.silent = False
         if conn is not None and conn not in st.conns:
             st.conns.add(conn)
             st.closed_at = None  # the writer reconnected

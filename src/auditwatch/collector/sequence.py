@@ -37,6 +37,14 @@ class RunTrack:
     def gaps(self) -> list[tuple[int, int]]:
         return [(lo, hi) for lo, hi in self.missing]
 
+    def take_span(self, first: int, last: int) -> bool:
+        """Mark ``first..last`` seen when they are exactly the next numbers; False
+        (nothing marked) otherwise: then each record is taken one by one."""
+        if first != self.next_seq:
+            return False
+        self.next_seq = last + 1
+        return True
+
     def take(self, seq: int) -> bool:
         """Mark ``seq`` seen; False when it was seen already (a replay)."""
         if seq >= self.next_seq:

@@ -47,7 +47,8 @@ class CollectorService:
         spool_every: float = 5.0,
         remove_spooled: bool = True,
         batch: int = 5_000,
-        threaded_store: bool = False,  # measured slower: see docs/store.md
+        threaded_store: bool = True,  # seal here, insert there: docs/collector.md
+        scan: bool = True,
         log: Log = log_stderr,
     ) -> None:
         self.store = store
@@ -67,7 +68,7 @@ class CollectorService:
         if self.engine is not None:
             all_sinks.append(self.engine)
         self.collector = Collector(
-            socket_path, all_sinks, self._reject, socket_mode=socket_mode, on_error=log
+            socket_path, all_sinks, self._reject, socket_mode=socket_mode, on_error=log, scan=scan
         )
         self.watch = RunWatch(
             self.collector.sequencer.runs,
