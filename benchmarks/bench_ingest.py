@@ -79,7 +79,7 @@ def c_scan(chunks: list[tuple[bytes, int]], pid: int) -> int:
     plain = 0
     for data, _n in chunks:
         for item in _ingest.scan_lines(data, pid):
-            if len(item) == 9:
+            if len(item) > 2:
                 plain += item[5]
     return plain
 
