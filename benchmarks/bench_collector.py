@@ -1,7 +1,7 @@
 """Collector throughput, end to end: many sender processes -> real Unix socket ->
 checks -> sealed SQLite store, against the same run into a null sink.
 
-    PYTHONPATH=src python benchmarks/bench_collector.py [--senders 16] [--records 300000]
+    python benchmarks/bench_collector.py [--senders 16] [--records 300000]
         [--repeat 3] [--rules] [--stdlib-json]
 
 Senders are forked processes that write pre-made records (shaped like the hook's,

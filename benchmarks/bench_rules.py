@@ -1,6 +1,6 @@
 """Rule evaluation throughput: records/s through the default ruleset.
 
-    PYTHONPATH=src python benchmarks/bench_rules.py [--records 200000] [--repeat 5]
+    python benchmarks/bench_rules.py [--records 200000] [--repeat 5]
 
 Realistic event records (the mix an import-heavy program with some file, network and
 subprocess work gives: open, import, exec, marshal.loads of .pyc files, compile,

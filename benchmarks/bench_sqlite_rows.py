@@ -1,9 +1,10 @@
-"""What a SQLite row per record costs, and why a second writer thread does not help.
+"""What a SQLite row per record costs, and why a second writer thread did not help:
+why the store keeps records by the chunk since schema version 3 (docs/store.md).
 
-    PYTHONPATH=src python benchmarks/bench_sqlite_rows.py [--rows 20000] [--repeat 3]
+    python benchmarks/bench_sqlite_rows.py [--rows 20000] [--repeat 3]
 
 Hook-shaped records are inserted, pre-built and bound as the store binds them
-(BLOBs as bytearray), into the store's own records table (schema.V1): with its
+(BLOBs as bytearray), into the old layout's records table (schema.V1): with its
 four indexes, without them, and as a bare row (position, peer, raw line, hash,
 MAC). Then the same full rows from a writer thread while another Python thread
 keeps the GIL busy: with executemany, with 50 rows per statement, and with 50

@@ -1,6 +1,6 @@
 """Store throughput: sealed append and verify, against the same inserts unsealed.
 
-    PYTHONPATH=src python benchmarks/bench_store.py [--records 500000] [--repeat 5]
+    python benchmarks/bench_store.py [--records 500000] [--repeat 5]
 
 Generates realistic records (open/import/exec events of several runs with start and
 exit records), appends them in batches, and prints a markdown table: records/s as
