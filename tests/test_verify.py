@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import random
 import sqlite3
 
 import pytest
@@ -315,3 +317,57 @@ def test_raw_retyped_as_text(store):
     db(store).execute("UPDATE records SET raw = CAST(raw AS TEXT) || ' ' WHERE pos = 4")
     _, p = first(store)
     assert (p.pos, p.kind) == (4, "changed")
+
+
+def test_intact_chunks_are_checked_in_one_piece(tmp_path, monkeypatch):
+    # A clean chunk store verifies without looking at any record on its own: the
+    # native fast path recomputes each chunk's whole seal and its search columns.
+    verify_module = importlib.import_module("auditwatch.store.verify")  # not the function
+
+    path = str(tmp_path / "store.sqlite")
+    with Store.open(path) as st:
+        for _ in range(BATCHES):
+            st.append_many(sample_items())
+
+    def refuse(self, chunk):
+        raise AssertionError("a record was checked on its own")
+
+    monkeypatch.setattr(verify_module._Checker, "_chunk_records", refuse)
+    report = verify_store(path)
+    assert report.ok and report.records == n_records()
+
+
+def test_fast_column_check_agrees_with_parsing_every_record():
+    from auditwatch.store.chunks import Summary
+    from auditwatch.store.rows import parse_record
+    from auditwatch.store.verify import _finding
+
+    rng = random.Random(11)
+    lines = [raw for raw, _, _ in sample_items()]
+    for i in range(40):  # plain events of a few runs, with numbers of every kind
+        run = rng.choice(["a" * 32, "b" * 32, "é" * 4])
+        ts = rng.choice([i, -i, 2**63 - 1, -(2**63), 1.5, "t", None])
+        event = rng.choice(["open", "import", "ev\udc80", "x\\u0041", 7])
+        body = {"v": 1, "run": run, "seq": i + 1, "pid": 5, "kind": "event", "event": event}
+        body["ts"] = ts
+        lines.append(json.dumps(body).encode())
+    lines += [b"{not json", b"[1, 2]", b'{"kind": "alert", "rule": "r", "run": "z"}']
+
+    def in_sequence(n: int) -> list[bytes]:  # what scan_lines takes as one run
+        base = {"v": 1, "run": "c" * 32, "pid": 5, "kind": "event"}
+        return [
+            json.dumps({**base, "seq": i + 1, "ts": rng.randrange(10**9), "event": f"e{i % 11}"})
+            .replace(" ", "")
+            .encode()
+            for i in range(n)
+        ]
+
+    for _ in range(300):
+        group = rng.sample(lines, rng.randrange(1, 12))
+        at = rng.randrange(len(group) + 1)
+        group[at:at] = in_sequence(rng.randrange(0, 30))
+        want = Summary()
+        for line in group:
+            rec = parse_record(line) or {}
+            want.add(rec.get("run"), rec.get("ts"), rec.get("kind"), rec.get("event"))
+        assert _finding(b"".join(line + b"\n" for line in group)) == want.finding(), group

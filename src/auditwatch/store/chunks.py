@@ -94,6 +94,12 @@ class Summary:
         if type(event) is str:
             self.events.add(event)
 
+    def add_span(self, run: str, min_ts: int, max_ts: int, events: tuple[str, ...]) -> None:
+        """Plain events of one run (a span or a ``scan_lines`` run item) at once."""
+        self.add(run, min_ts, "event", None)
+        self.add(run, max_ts, "event", None)
+        self.events.update(events)
+
     def finding(self) -> Finding:
         # A run SQLite cannot store as text reads as "several runs": always looked at.
         run = self.run if self.run is not None and _storable(self.run) else None
