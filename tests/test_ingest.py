@@ -9,6 +9,7 @@ import json
 import random
 import re
 import struct
+import subprocess
 from typing import Optional, Tuple
 
 import pytest
@@ -986,3 +987,10 @@ def test_scan_lines_against_the_parsers_on_mutated_records():
         assert _ingest.scan_lines(exact(data), peer_pid) == items
     # The mutations must leave enough of both kinds for the check to mean something.
     assert stats["plain"] > 2000 and stats["line"] > 3000, stats
+
+
+def test_the_sha256_named_is_the_one_linked():
+    # doctor reports which SHA-256 seals; it must be the one the build linked.
+    linked = subprocess.run(["ldd", _ingest.__file__], capture_output=True, text=True).stdout
+    want = "openssl" if "libcrypto" in linked else "builtin"
+    assert want == _ingest.SHA256

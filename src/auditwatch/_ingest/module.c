@@ -1,5 +1,6 @@
 /* auditwatch._ingest: module definition and the helpers its functions share. */
 #include "ingest.h"
+#include "hash.h"
 
 int aw_int64_arg(PyObject *obj, const char *func, const char *what, int64_t *out) {
     /* PyLong_Check first: PyLong_AsLongLong would call __index__ on anything else. */
@@ -39,7 +40,13 @@ static PyMethodDef methods[] = {
 
 /* Multi-phase init, no module state: the functions keep nothing between calls, so
  * the module works the same in every (sub)interpreter. */
+/* SHA256: which SHA-256 seals ("openssl" or "builtin"), for doctor and the docs. */
+static int exec_module(PyObject *m) {
+    return PyModule_AddStringConstant(m, "SHA256", AW_HASH_IMPL);
+}
+
 static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, (void *)exec_module},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif

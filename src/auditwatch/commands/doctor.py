@@ -97,6 +97,12 @@ def diagnose(root: Path) -> dict:
             "anything started without AUDITWATCH_SINK (scrubbed environments, -E/-I "
             "do not matter: it is the variable that counts), and python -S",
         ]
+    try:
+        from auditwatch import _ingest
+
+        sealing = _ingest.SHA256
+    except ImportError:
+        sealing = None
     return {
         "environment": str(root),
         "python": sys.version.split()[0],
@@ -108,10 +114,20 @@ def diagnose(root: Path) -> dict:
         "install_state": state,
         "environment_variables": env_vars,
         "this_process": this_process,
+        # The collector's SHA-256: libcrypto's ("openssl") seals faster than the
+        # portable one ("builtin"); docs/performance.md.
+        "collector_sha256": sealing,
         "new_process": probe,
         "covered": covered,
         "not_covered": not_covered,
     }
+
+
+_SEALING = {
+    "openssl": "libcrypto's SHA-256 (OpenSSL)",
+    "builtin": "the portable SHA-256 (the build found no libcrypto; slower, docs/performance.md)",
+    None: "nothing: auditwatch._ingest is missing (a broken install)",
+}
 
 
 @click.command("doctor")
@@ -134,6 +150,7 @@ def command(venv: str | None, as_json: bool) -> None:
     click.echo(f"config:      {d['config'] or 'none'}")
     click.echo(f"new process: installed={d['new_process'].get('installed')}")
     click.echo(f"this process: installed={d['this_process']}")
+    click.echo(f"collector:   seals with {_SEALING.get(d['collector_sha256'], 'nothing')}")
     if d["environment_variables"]:
         click.echo("environment: " + ", ".join(sorted(d["environment_variables"])))
     click.echo("covered:")
