@@ -371,3 +371,20 @@ def test_fast_column_check_agrees_with_parsing_every_record():
             rec = parse_record(line) or {}
             want.add(rec.get("run"), rec.get("ts"), rec.get("kind"), rec.get("event"))
         assert _finding(b"".join(line + b"\n" for line in group)) == want.finding(), group
+
+
+def test_chunk_seal_retyped_is_reported_not_fatal(tmp_path):
+    # Whatever a chunk's seal column was turned into, verify names the chunk.
+    path = str(tmp_path / "store.sqlite")
+    with Store.open(path) as st:
+        st.append_many(sample_items())
+    for value in (7, "text", None):
+        conn = sqlite3.connect(path, isolation_level=None)
+        if value is None:
+            conn.execute("PRAGMA ignore_check_constraints = 1")
+            conn.execute("UPDATE chunks SET seal = x'' WHERE first_pos = 1")
+        else:
+            conn.execute("UPDATE chunks SET seal = ? WHERE first_pos = 1", (value,))
+        conn.close()
+        _, p = first(path)
+        assert (p.pos, p.kind) == (1, "changed") and "packing damaged" in p.message

@@ -29,6 +29,7 @@ from typing import Any, Iterator, NamedTuple
 from auditwatch.store.seal import HASH_SIZE
 
 ENTRY = 3 * HASH_SIZE  # prev_hash, hash, mac
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite stores as an integer
 MAX_RECORDS = 4_096  # records per chunk: bounds what a reader holds for one row
 MAX_BYTES = 4 << 20
 
@@ -84,11 +85,7 @@ class Summary:
             self.run = run if type(run) is str else None
         elif run != self.run:
             self.run = None
-        if type(ts) is int and -(2**63) <= ts < 2**63:
-            if self.min_ts is None or ts < self.min_ts:
-                self.min_ts = ts
-            if self.max_ts is None or ts > self.max_ts:
-                self.max_ts = ts
+        self.min_ts, self.max_ts = widen(self.min_ts, self.max_ts, ts)
         if kind == "alert":
             self.alerts += 1
         if type(event) is str:
@@ -102,7 +99,7 @@ class Summary:
 
     def finding(self) -> Finding:
         # A run SQLite cannot store as text reads as "several runs": always looked at.
-        run = self.run if self.run is not None and _storable(self.run) else None
+        run = self.run if self.run is not None and storable(self.run) else None
         return Finding(run, self.min_ts, self.max_ts, self.alerts, frame_events(self.events))
 
 
@@ -114,10 +111,19 @@ def frame_events(names: Any) -> str | None:
     if not names:
         return ""
     text = "\n" + "\n".join(sorted(names)) + "\n"
-    return text if _storable(text) else None
+    return text if storable(text) else None
 
 
-def _storable(text: str) -> bool:
+def widen(lo: Any, hi: Any, ts: Any) -> tuple[Any, Any]:
+    """A time range (lo, hi; None when empty) widened by ``ts`` when it is an integer
+    SQLite can hold; anything else in ``ts`` leaves the range as it is."""
+    if type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
+        return lo, hi
+    return (ts if lo is None or ts < lo else lo), (ts if hi is None or ts > hi else hi)
+
+
+def storable(text: str) -> bool:
+    """Can SQLite store this str as text (no lone surrogate)?"""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -130,6 +136,17 @@ def pack_raw(lines: list[bytes]) -> bytes:
     if len(lines) == 1:
         return lines[0]
     return b"\n".join(lines) + b"\n"
+
+
+def terminated(raw: bytes, n: int) -> bytes:
+    """A chunk's records each followed by a newline, as ``_ingest.seal_chunk`` and
+    ``scan_lines`` take them (a one-record chunk stores its line without one)."""
+    return raw if n != 1 else raw + b"\n"
+
+
+def unterminated(lines: bytes, n: int) -> bytes:
+    """The raw column for ``n`` newline-terminated records: :func:`terminated` undone."""
+    return lines if n != 1 else lines[:-1]
 
 
 def split_raw(raw: bytes, n: int) -> list[bytes]:
@@ -151,6 +168,16 @@ def seal_entries(seal: bytes) -> Iterator[tuple[bytes, bytes, bytes]]:
         yield seal[off : off + 32], seal[off + 32 : off + 64], seal[off + 64 : off + 96]
 
 
-def is_packable(raw: bytes) -> bool:
-    """Can this line share a chunk with others (it holds no newline)?"""
-    return b"\n" not in raw
+_NO_SEAL = (b"", b"", b"")
+
+
+def unpack(raw: bytes, n: Any, seal: Any) -> tuple[list[tuple[bytes, ...]], int, int]:
+    """(line, prev_hash, hash, mac) of each record a chunk holds, and how many lines
+    and seal entries it holds. A damaged chunk yields what it still holds: a line
+    without a seal entry gets empty hashes, which verify reports."""
+    lines = split_raw(raw, n if type(n) is int else -1)
+    entries = list(seal_entries(seal)) if isinstance(seal, bytes) else []
+    records = [
+        (line, *(entries[i] if i < len(entries) else _NO_SEAL)) for i, line in enumerate(lines)
+    ]
+    return records, len(lines), len(entries)

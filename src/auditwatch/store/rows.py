@@ -13,7 +13,7 @@ import fnmatch
 import sqlite3
 from typing import Any, Iterator, NamedTuple, Sequence
 
-from auditwatch.store.chunks import seal_entries, split_raw
+from auditwatch.store.chunks import INT64_MAX, INT64_MIN, storable, unpack
 from auditwatch.store.lines import parse
 
 
@@ -118,13 +118,10 @@ def columns_of(rec: dict[str, Any] | None) -> tuple[Any, Any, Any, Any, Any, Any
         if not (
             v is None
             or (t is str and v.isascii())  # type: ignore[union-attr]
-            or (t is int and _I64_MIN <= v <= _I64_MAX)  # type: ignore[operator]
+            or (t is int and INT64_MIN <= v <= INT64_MAX)  # type: ignore[operator]
         ):
             return tuple(map(clean_column, cols))  # type: ignore[return-value]
     return cols
-
-
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def _legacy_rows(
@@ -193,15 +190,12 @@ def _chunk_rows(
 
 
 def explode(first: int, n: int, uid: Any, gid: Any, ppid: Any, raw: Any, seal: Any) -> list[Row]:
-    """The records of one chunk row. A damaged chunk yields what it still holds:
-    a line without a seal entry gets empty hashes, which verify reports."""
-    lines = split_raw(as_bytes(raw), n if isinstance(n, int) else -1)
-    entries = list(seal_entries(seal)) if isinstance(seal, bytes) else []
-    out = []
-    for i, line in enumerate(lines):
-        prev, digest, mac = entries[i] if i < len(entries) else (b"", b"", b"")
-        out.append(Row(first + i, *fields(line), line, uid, gid, ppid, prev, digest, mac))
-    return out
+    """The records of one chunk row (as much as a damaged one holds: chunks.unpack)."""
+    records = unpack(as_bytes(raw), n, seal)[0]
+    return [
+        Row(first + i, *fields(line), line, uid, gid, ppid, prev, digest, mac)
+        for i, (line, prev, digest, mac) in enumerate(records)
+    ]
 
 
 def matches(row: Row, filters: Filters) -> bool:
@@ -270,15 +264,13 @@ def clean_column(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, int):  # bool included, stored as 0/1
-        return value if -(2**63) <= value < 2**63 else None
+        return value if INT64_MIN <= value <= INT64_MAX else None
     if isinstance(value, float):
         return None if value != value else value  # SQLite stores NaN as NULL
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
+        if storable(value):
+            return value
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return None
 
 

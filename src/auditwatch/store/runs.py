@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any, Dict, Iterable, NamedTuple, Tuple
 
+from auditwatch.store.chunks import storable, widen
 from auditwatch.store.lines import parse
 from auditwatch.store.rows import iter_rows
 
@@ -35,11 +36,15 @@ class Tally:
             self.events += 1
         elif kind == "alert":
             self.alerts += 1
-        if type(ts) is int and -(2**63) <= ts < 2**63:
-            if self.min_ts is None or ts < self.min_ts:
-                self.min_ts = ts
-            if self.max_ts is None or ts > self.max_ts:
-                self.max_ts = ts
+        self.min_ts, self.max_ts = widen(self.min_ts, self.max_ts, ts)
+
+    def add_span(self, first_pos: int, span: Any) -> None:
+        """A span (chunks.Span: plain events of this run) stored from ``first_pos``."""
+        self.n += span.count
+        self.events += span.count
+        self.last_pos = first_pos + span.count - 1
+        self.min_ts, self.max_ts = widen(self.min_ts, self.max_ts, span.min_ts)
+        self.min_ts, self.max_ts = widen(self.min_ts, self.max_ts, span.max_ts)
 
 
 def tally(tallies: dict[str, Tally], pos: int, rec: dict[str, Any]) -> None:
@@ -58,13 +63,7 @@ def tally_span(tallies: dict[str, Tally], span: Any, first_pos: int) -> None:
     t = tallies.get(span.run)
     if t is None:
         t = tallies[span.run] = Tally(first_pos, span.lines[: span.lines.find(b"\n")])
-    t.n += span.count
-    t.events += span.count
-    t.last_pos = first_pos + span.count - 1
-    if t.min_ts is None or span.min_ts < t.min_ts:
-        t.min_ts = span.min_ts
-    if t.max_ts is None or span.max_ts > t.max_ts:
-        t.max_ts = span.max_ts
+    t.add_span(first_pos, span)
 
 
 def update_runs(
@@ -73,9 +72,7 @@ def update_runs(
     """Fold a batch's tallies into ``runs`` (inside the caller's transaction); only
     the few start and exit records are looked at one by one."""
     for run, t in tallies.items():
-        try:
-            run.encode("utf-8")
-        except UnicodeEncodeError:
+        if not storable(run):
             continue  # a run id SQLite cannot store as text has no summary row
         cur = conn.execute(
             "INSERT OR IGNORE INTO runs (run, first_ts, last_ts, first_pos, last_pos)"

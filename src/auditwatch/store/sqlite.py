@@ -305,15 +305,12 @@ class Store:
             nonlocal pos, prev, lines, summary, size
             if not lines:
                 return
-            if len(lines) == 1 and b"\n" in lines[0]:
-                raw = lines[0]  # stored alone, byte for byte (chunks.pack_raw)
+            n, raw = len(lines), chunks.pack_raw(lines)
+            if n == 1 and b"\n" in raw:  # stored alone, byte for byte
                 seal = sealer.seal_one(prev, pos + 1, _peer_cred(key), raw)
             else:
-                raw = b"\n".join(lines) + b"\n"
-                seal = seal_chunk(raw, len(lines), pos + 1, prev, key, sealer.key)
-                if len(lines) == 1:
-                    raw = lines[0]
-            out.append(_chunk_row(pos + 1, key, len(lines), raw, seal, summary.finding()))
+                seal = seal_chunk(chunks.terminated(raw, n), n, pos + 1, prev, key, sealer.key)
+            out.append(_chunk_row(pos + 1, key, n, raw, seal, summary.finding()))
             pos += len(lines)
             prev = seal[-64:-32]
             lines, summary, size = [], chunks.Summary(), 0
@@ -323,12 +320,12 @@ class Store:
                 close()
                 span_key = _peer_key(item.peer)
                 seal = seal_chunk(item.lines, item.count, pos + 1, prev, span_key, sealer.key)
-                finding = chunks.Finding(
-                    item.run, item.min_ts, item.max_ts, 0, chunks.frame_events(item.events)
+                span_summary = chunks.Summary()
+                span_summary.add_span(item.run, item.min_ts, item.max_ts, item.events)
+                raw = chunks.unterminated(item.lines, item.count)
+                out.append(
+                    _chunk_row(pos + 1, span_key, item.count, raw, seal, span_summary.finding())
                 )
-                # A chunk of one record stores its line without the newline (pack_raw).
-                raw = item.lines if item.count > 1 else item.lines[:-1]
-                out.append(_chunk_row(pos + 1, span_key, item.count, raw, seal, finding))
                 tally_span(tallies, item, pos + 1)
                 pos += item.count
                 prev = seal[-64:-32]

@@ -17,7 +17,7 @@ import time
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from auditwatch._ingest import scan_lines, seal_chunk
-from auditwatch.store.chunks import ENTRY, Finding, Summary, seal_entries, split_raw
+from auditwatch.store.chunks import ENTRY, Finding, Summary, seal_entries, terminated, unpack
 from auditwatch.store.keys import StoreError, key_for_store, load_key
 from auditwatch.store.rows import (
     alert_name,
@@ -300,43 +300,41 @@ class _Checker:
         peer = None if uid is None and gid is None and ppid is None else (uid, gid, ppid)
         prev = seal[:32]
         try:
-            again = seal_chunk(raw if n > 1 else raw + b"\n", n, first, prev, peer, self.sealer.key)
+            again = seal_chunk(terminated(raw, n), n, first, prev, peer, self.sealer.key)
         except (TypeError, ValueError, OverflowError):
             return None
         if not hmac.compare_digest(again, seal):
             return None
-        if self.columns and tuple(_finding(raw if n > 1 else raw + b"\n")) != chunk[7:]:
+        if self.columns and tuple(_finding(terminated(raw, n))) != chunk[7:]:
             return None
         return _Intact(first, n, prev, seal[-64:-32], chunk)
 
     def _chunk_records(self, chunk: tuple) -> list[tuple]:
         first, n, uid, gid, ppid, raw, seal = chunk[:7]
-        lines = split_raw(as_bytes(raw), n if type(n) is int else -1)
-        entries = list(seal_entries(seal)) if isinstance(seal, bytes) else []
-        if n != len(lines) or n != len(entries) or len(seal) != len(entries) * ENTRY:
+        records, n_lines, n_entries = unpack(as_bytes(raw), n, seal)
+        if n != n_lines or n != n_entries or len(seal) != n_entries * ENTRY:
             self.add(
                 Problem(
                     first,
                     "changed",
                     f"chunk at record {first}: packing damaged — it says {n} records but "
-                    f"holds {len(lines)} line(s) and {len(entries)} seal entries",
+                    f"holds {n_lines} line(s) and {n_entries} seal entries",
                 )
             )
         summary = Summary()
         out = []
-        for i, line in enumerate(lines):
+        for i, (line, prev, digest, mac) in enumerate(records):
             rec = parse_record(line)
             cols = columns_of(rec)
             if rec is not None:
                 summary.add(rec.get("run"), rec.get("ts"), rec.get("kind"), rec.get("event"))
-            prev, digest, mac = entries[i] if i < len(entries) else (b"", b"", b"")
             out.append((first + i, *cols[:2], uid, gid, ppid, line, prev, digest, mac, *cols, 1))
         if self.columns and tuple(summary.finding()) != tuple(chunk[7:]):
             self.add(
                 Problem(
                     first,
                     "columns",
-                    f"chunk of records {first}-{first + len(lines) - 1}: its search columns "
+                    f"chunk of records {first}-{first + n_lines - 1}: its search columns "
                     "(run, ts range, alerts, events) do not match its sealed records — "
                     "edited to hide them from queries",
                 )
