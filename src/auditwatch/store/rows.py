@@ -124,63 +124,91 @@ def columns_of(rec: dict[str, Any] | None) -> tuple[Any, Any, Any, Any, Any, Any
     return cols
 
 
-def _legacy_rows(
-    conn: sqlite3.Connection, filters: Filters, after: int, reverse: bool
-) -> Iterator[Row]:
-    where, params = ["pos > ?"], [after]
+class _Layout(NamedTuple):
+    """How one layout narrows by each filter in SQL. Chunk columns cover many records,
+    so their clauses also let through what they cannot rule out (NULL: several runs,
+    no integer ts, unnamed events); matches() then checks each record exactly."""
+
+    table: str
+    columns: str
+    pos: str  # the SQL for "ends after position ?"
+    run: str  # {marks}: one ? per run
+    events: str  # {globs}: one event clause per pattern, OR-ed
+    event: str  # one pattern's clause
+    event_glob: str  # its parameter, from the pattern as GLOB writes it: {glob}
+    since: str
+    until: str
+    alerts: str
+    order: str
+
+
+_ROWS = _Layout(
+    "records",
+    _RECORD_COLUMNS,
+    "pos > ?",
+    "run IN ({marks})",
+    "({globs})",
+    "event GLOB ?",
+    "{glob}",
+    "ts >= ?",
+    "ts <= ?",
+    "alert IS NOT NULL",
+    "pos",
+)
+_CHUNKS = _Layout(
+    "chunks",
+    "first_pos, n, peer_uid, peer_gid, peer_pid, raw, seal",
+    "first_pos + n - 1 > ?",
+    "(run IS NULL OR run IN ({marks}))",
+    "(events IS NULL OR {globs})",
+    "events GLOB ?",
+    "*\n{glob}\n*",
+    "(max_ts IS NULL OR max_ts >= ?)",
+    "(min_ts IS NULL OR min_ts <= ?)",
+    "alerts > 0",
+    "first_pos",
+)
+
+
+def _select(layout: _Layout, filters: Filters, after: int, reverse: bool) -> tuple[str, list]:
+    where, params = [layout.pos], [after]
     if filters.runs:
-        where.append(f"run IN ({','.join('?' * len(filters.runs))})")
+        where.append(layout.run.format(marks=",".join("?" * len(filters.runs))))
         params.extend(filters.runs)
     if filters.events:
-        where.append("(" + " OR ".join("event GLOB ?" for _ in filters.events) + ")")
-        params.extend(glob_sql(p) for p in filters.events)
+        globs = " OR ".join([layout.event] * len(filters.events))
+        where.append(layout.events.format(globs=globs))
+        params.extend(layout.event_glob.format(glob=glob_sql(p)) for p in filters.events)
     if filters.since is not None:
-        where.append("ts >= ?")
+        where.append(layout.since)
         params.append(filters.since)
     if filters.until is not None:
-        where.append("ts <= ?")
+        where.append(layout.until)
         params.append(filters.until)
     if filters.alerts:
-        where.append("alert IS NOT NULL")
+        where.append(layout.alerts)
     for piece in filters.contains:
         where.append("instr(raw, ?) > 0")
         params.append(piece)
-    order = "DESC" if reverse else ""
-    sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE {' AND '.join(where)} ORDER BY pos {order}"
-    for t in conn.execute(sql, params):
+    order = f"{layout.order} DESC" if reverse else layout.order
+    clauses = " AND ".join(where)
+    return f"SELECT {layout.columns} FROM {layout.table} WHERE {clauses} ORDER BY {order}", params
+
+
+def _legacy_rows(
+    conn: sqlite3.Connection, filters: Filters, after: int, reverse: bool
+) -> Iterator[Row]:
+    for t in conn.execute(*_select(_ROWS, filters, after, reverse)):
         yield Row(*t[:8], as_bytes(t[8]), *t[9:])
 
 
 def _chunk_rows(
     conn: sqlite3.Connection, filters: Filters, after: int, reverse: bool
 ) -> Iterator[Row]:
-    where, params = ["first_pos + n > ?"], [after + 1]
-    if filters.runs:
-        where.append(f"(run IS NULL OR run IN ({','.join('?' * len(filters.runs))}))")
-        params.extend(filters.runs)
-    if filters.events:
-        globs = " OR ".join("events GLOB ?" for _ in filters.events)
-        where.append(f"(events IS NULL OR {globs})")
-        params.extend(f"*\n{glob_sql(p)}\n*" for p in filters.events)
-    if filters.since is not None:
-        # A chunk whose records have no numeric ts has NULL bounds: read it.
-        where.append("(max_ts IS NULL OR max_ts >= ?)")
-        params.append(filters.since)
-    if filters.until is not None:
-        where.append("(min_ts IS NULL OR min_ts <= ?)")
-        params.append(filters.until)
-    if filters.alerts:
-        where.append("alerts > 0")
-    for piece in filters.contains:
-        where.append("instr(raw, ?) > 0")
-        params.append(piece)
-    order = "DESC" if reverse else ""
-    sql = (
-        "SELECT first_pos, n, peer_uid, peer_gid, peer_pid, raw, seal FROM chunks "
-        f"WHERE {' AND '.join(where)} ORDER BY first_pos {order}"
-    )
     exact = filters != NO_FILTERS
-    for first, n, uid, gid, ppid, raw, seal in conn.execute(sql, params):
+    for first, n, uid, gid, ppid, raw, seal in conn.execute(
+        *_select(_CHUNKS, filters, after, reverse)
+    ):
         rows = explode(first, n, uid, gid, ppid, raw, seal)
         if reverse:
             rows.reverse()
