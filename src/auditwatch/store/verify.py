@@ -257,12 +257,9 @@ class _Checker:
                     )
                 continue
             row = _Row(*t[:10])
-            if type(nxt) is _Intact:
-                # The classifier looks at the next record itself.
-                records = self._chunk_records(nxt.chunk)
-                cursor = itertools.chain(records[1:], cursor)
-                nxt = records[0]
-            nrow = _Row(*nxt[:10]) if nxt is not None else None
+            # The classifier reads only the next record's link (prev), which an intact
+            # chunk gives for its first record.
+            nrow = nxt if nxt is None or type(nxt) is _Intact else _Row(*nxt[:10])
             # A problem: classify it; the classifier says how the chain continues.
             expect_prev = self._classify(row, content_ok, mac_ok, expect_pos, expect_prev, nrow)
             expect_pos = pos + 1
@@ -348,7 +345,7 @@ class _Checker:
         mac_ok: bool,
         expect_pos: int,
         expect_prev: bytes,
-        nxt: _Row | None,
+        nxt: _Row | _Intact | None,  # only its prev is read
     ) -> bytes:
         """Record the problem at ``row``; returns the hash the next record should link to."""
         pos, where = row.pos, _where(row)
