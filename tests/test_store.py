@@ -436,3 +436,29 @@ def test_peer_credentials_duck_typed(path):
         row = next((r.ppid, r.uid, r.gid) for r in iter_rows(st.conn))
     assert row == (77, 1001, 1002)
     assert verify(path).ok
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_store_sink_keeps_what_the_store_refuses(path, threaded):
+    # A batch the store will not take (here: another writer appended meanwhile, so
+    # the store no longer ends where this writer chains on) is kept in a JSON-lines
+    # file beside the store and reported; so is a record the writer cannot seal.
+    from auditwatch.collector.storesink import StoreSink
+
+    logs: list[str] = []
+    st = Store.open(path)
+    sink = StoreSink(st, batch=4, threaded=threaded, log=logs.append)
+    with Store.open(path) as other:
+        other.append_many(sample_items()[:1])
+    items = sample_items()[:6]
+    for raw, rec, peer in items:
+        sink.accept(raw, rec, peer)
+    sink.flush()
+    sink.accept(b"{}", None, None)  # type: ignore[arg-type]  # not a parsed record
+    sink.close()
+    st.close()
+    with open(f"{path}.unstored-{os.getpid()}.jsonl", "rb") as f:
+        kept = f.read().splitlines()
+    assert kept == [raw for raw, _, _ in items] + [b"{}"]
+    assert sink.failed == 7 and sink.stored == 0
+    assert len(logs) == 3 and all("cannot store" in line for line in logs)

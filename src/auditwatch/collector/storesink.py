@@ -114,12 +114,16 @@ class StoreSink:
         if not self._pending:
             return
         items, self._pending, self._pending_records = self._pending, [], 0
-        if not self.threaded:
-            self._head = self._write_one(items, self._head)
-            return
         # Sealed here, written there: the hashing (C, without the GIL) and SQLite's
         # work (also without it) run on two cores at once.
-        batch = self.store.seal(items, self._head)
+        try:
+            batch = self.store.seal(items, self._head)
+        except Exception as exc:  # a record the writer cannot take: kept, not lost
+            self._rescue(items, exc)
+            return
+        if not self.threaded:
+            self._head = self._write_one(batch, self._head)
+            return
         self._head = batch.end
         with self._done:
             self._submitted += 1
@@ -131,28 +135,22 @@ class StoreSink:
             batch = self._queue.get()
             if batch is None:
                 return
-            if batch.start != committed:
-                # An earlier batch failed: this one was sealed onto a head that never
-                # reached the store. Seal it again onto the real one.
-                batch = batch.items
             committed = self._write_one(batch, committed)
             with self._done:
                 self._written += 1
                 self._done.notify_all()
 
-    def _write_one(
-        self, batch: SealedBatch | list[Item | Span], head: tuple[int, bytes]
-    ) -> tuple[int, bytes]:
-        """Write one batch (sealing it onto ``head`` first when it is not sealed yet);
-        returns the head the store now ends at."""
-        items = batch.items if isinstance(batch, SealedBatch) else batch
+    def _write_one(self, batch: SealedBatch, head: tuple[int, bytes]) -> tuple[int, bytes]:
+        """Write one batch onto ``head``; returns the head the store now ends at."""
         try:
-            if not isinstance(batch, SealedBatch):
-                batch = self.store.seal(batch, head)
+            if batch.start != head:
+                # An earlier batch failed: this one was sealed onto a head that never
+                # reached the store. Seal it again onto the real one.
+                batch = self.store.seal(batch.items, head)
             self.stored += self.store.write(batch)
             return batch.end
         except Exception as exc:
-            self._rescue(items, exc)
+            self._rescue(batch.items, exc)
             return head
 
     def _rescue(self, items: list[Item | Span], exc: Exception) -> None:
