@@ -38,13 +38,13 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase init, no module state: the functions keep nothing between calls, so
- * the module works the same in every (sub)interpreter. */
 /* SHA256: which SHA-256 seals ("openssl" or "builtin"), for doctor and the docs. */
 static int exec_module(PyObject *m) {
     return PyModule_AddStringConstant(m, "SHA256", AW_HASH_IMPL);
 }
 
+/* Multi-phase init, no module state: the functions keep nothing between calls, so
+ * the module works the same in every (sub)interpreter. */
 static PyModuleDef_Slot slots[] = {
     {Py_mod_exec, (void *)exec_module},
 #if PY_VERSION_HEX >= 0x030C0000
