@@ -2,7 +2,7 @@
 checks -> sealed SQLite store, against the same run into a null sink.
 
     python benchmarks/bench_collector.py [--senders 16] [--records 300000]
-        [--repeat 3] [--rules] [--stdlib-json]
+        [--repeat 3] [--rules] [--stdlib-json] [--cpu]
 
 Senders are forked processes that write pre-made records (shaped like the hook's,
 each with its own pid, so the SO_PEERCRED check passes) as fast as the socket takes
@@ -10,7 +10,8 @@ them; the clock runs from the moment they start sending until the last record is
 committed. Configurations alternate within each repeat, so all see the same
 machine. Prints a markdown table: records/s, median of the repeats, min-max.
 --stdlib-json adds the null sink and the store with the standard library's JSON
-parser instead of orjson, side by side.
+parser instead of orjson, side by side. --cpu adds how the whole machine spent its
+time while the records flowed (/proc/stat: user, system, idle, I/O wait).
 """
 
 from __future__ import annotations
@@ -76,7 +77,21 @@ class Count:
         self.n += span.count
 
 
-def run_once(kind: str, senders: int, per: int, tmp: str) -> float:
+CPU_STATES = ("user", "system", "idle", "iowait")
+
+
+def cpu_times() -> list[int]:
+    """The machine's time in user (with nice), system, idle and I/O wait, in ticks."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return [v[0] + v[1], v[2] + v[5] + v[6], v[3], v[4]]
+
+
+def run_once(
+    kind: str, senders: int, per: int, tmp: str, cpu: list[list[float]] | None = None
+) -> float:
+    """Records/s for one configuration; with ``cpu``, appends the machine's shares of
+    CPU_STATES over the timed part."""
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     path = os.path.join(tmp, "c.sock")
@@ -122,12 +137,15 @@ def run_once(kind: str, senders: int, per: int, tmp: str) -> float:
     os.close(go_r)
     time.sleep(0.3 + senders * per / 2e6)  # let the senders make their records
     total = senders * per
-    t0 = time.perf_counter()
+    t0, ticks0 = time.perf_counter(), cpu_times()
     os.write(go_w, b"x" * senders)
     while count.n < total:
         time.sleep(0.002)
     finish()
     dt = time.perf_counter() - t0
+    spent = [b - a for a, b in zip(ticks0, cpu_times())]
+    if cpu is not None:
+        cpu.append([100 * x / max(1, sum(spent)) for x in spent])
     os.close(go_w)
     for pid in pids:
         os.waitpid(pid, 0)
@@ -147,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--stdlib-json", action="store_true", help="also: null sink and store parsing with json"
     )
+    ap.add_argument("--cpu", action="store_true", help="also: the machine's CPU time, by state")
     args = ap.parse_args(argv)
     per = args.records // args.senders
     kinds = ["null", "store", "store-1thread"] + (["store+rules"] if args.rules else [])
@@ -154,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         kinds += ["null/json", "store/json"]
     fast_loads = lines._fast_loads
     results: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[list[float]]] = {k: [] for k in kinds}
     tmp = tempfile.mkdtemp(prefix="bench-collector-")
     try:
         for _ in range(args.repeat):
@@ -161,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
                 # ".../json": the collector's parser without orjson (its fallback).
                 lines._fast_loads = None if kind.endswith("/json") else fast_loads
                 config = kind.split("/")[0]
-                results[kind].append(run_once(config, args.senders, per, tmp))
+                shares = cpu[kind] if args.cpu else None
+                results[kind].append(run_once(config, args.senders, per, tmp, shares))
     finally:
         lines._fast_loads = fast_loads
         shutil.rmtree(tmp, ignore_errors=True)
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|")
     base = statistics.median(results["null"])
     names = {
-        "null": "null sink (socket, parse, checks)",
+        "null": "null sink (socket, scan, checks)",
         "store": "sealed store (default: SQLite in a second thread)",
         "store-1thread": "sealed store, everything in the collector thread",
         "store+rules": "sealed store + default rules",
@@ -190,6 +211,14 @@ def main(argv: list[str] | None = None) -> None:
             f"| {names[kind]} | {med:,.0f} | {min(xs):,.0f} – {max(xs):,.0f} "
             f"| {1e6 / med:.2f} | {med / base:.2f}× |"
         )
+
+    if args.cpu:
+        print("\n| sink | " + " | ".join(f"{state} % (median)" for state in CPU_STATES) + " |")
+        print("|---|" + "---:|" * len(CPU_STATES))
+        for kind in kinds:
+            columns = zip(*cpu[kind])
+            cells = " | ".join(f"{statistics.median(c):.0f}" for c in columns)
+            print(f"| {names[kind]} | {cells} |")
 
 
 if __name__ == "__main__":
