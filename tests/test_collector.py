@@ -298,9 +298,19 @@ def test_spans_store_exactly_what_line_by_line_checks_store(harness):
     cuts = sorted(rng.sample(range(1, len(lines)), 40))
     pieces = [lines[a:b] for a, b in zip([0, *cuts], [*cuts, len(lines)])]
 
-    def stored(scan: bool) -> tuple[list[bytes], list[str]]:
+    class OneByOne:  # a sink without accept_span, as the rules engine
+        def __init__(self) -> None:
+            self.got: list[tuple[bytes, dict]] = []
+
+        def accept(self, raw: bytes, record: dict, peer: object) -> None:
+            self.got.append((raw, record))
+
+    def stored(scan: bool) -> tuple[list[bytes], list[str], list[tuple[bytes, dict]]]:
         refused: list[str] = []
-        h = harness(scan=scan, on_reject=lambda reason, raw, peer: refused.append(reason))
+        sink = OneByOne()
+        h = harness(
+            scan=scan, sinks=[sink], on_reject=lambda reason, raw, peer: refused.append(reason)
+        )
         s = h.send(close=False)
         for piece in pieces:  # one connection, in pieces: reads end at varying places
             s.sendall(b"".join(line + b"\n" for line in piece))
@@ -311,10 +321,10 @@ def test_spans_store_exactly_what_line_by_line_checks_store(harness):
             kept = [r.raw for r in iter_rows(st.conn) if r.kind != "collector"]
         assert verify(h.store_path).ok
         spans.append(h.service.collector.span_records)
-        return kept, refused
+        return kept, refused, sink.got
 
     spans: list[int] = []
     fast, slow = stored(True), stored(False)
     assert spans[0] > 1000 and spans[1] == 0
-    assert len(fast[0]) > 2500 and len(fast[1]) > 50
+    assert len(fast[0]) > 2500 and len(fast[1]) > 50 and len(fast[2]) == len(fast[0])
     assert fast == slow

@@ -304,14 +304,17 @@ class Collector:
         if watch is not None:
             watch.seen_span(run, last_seq, last_event, conn)
         span = Span(data[start:end], count, run, first_seq, last_seq, min_ts, max_ts, events, peer)
+        records = None  # parsed once, for the sinks that take records one by one
         for sink in self.sinks:
             try:
                 take = getattr(sink, "accept_span", None)
                 if take is not None:
                     take(span)
                     continue
-                for line in span.lines.split(b"\n")[:-1]:
-                    sink.accept(line, parse(line), peer)  # type: ignore[arg-type]
+                if records is None:
+                    records = [(line, parse(line)) for line in span.lines.split(b"\n")[:-1]]
+                for line, record in records:
+                    sink.accept(line, record, peer)  # type: ignore[arg-type]
             except Exception:
                 self.sink_errors += 1
                 self._error(f"sink {type(sink).__name__} failed:\n{traceback.format_exc()}")
