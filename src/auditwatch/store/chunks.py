@@ -1,8 +1,9 @@
 """Records stored by the chunk: one SQLite row holds many records of one sender.
 
-A row per record costs SQLite about 10 µs (five B-trees to update, a dozen values
-to bind); at the collector's budget of 200,000 records/s there are 5 µs for
-everything. A chunk row costs about the same as one record row, whatever it holds.
+A row per record cost SQLite 13 µs (five B-trees to update, a dozen values to
+bind; benchmarks/bench_sqlite_rows.py); at the collector's budget of 200,000
+records/s there are 5 µs for everything. A chunk row pays that overhead once for
+all its records (benchmarks/bench_store.py: 2.9 µs a record, unsealed).
 
 The seal is the same as for a row per record (seal.py): every record keeps its own
 position, hash link and MAC, so ``verify`` still names the first record changed.
