@@ -11,7 +11,8 @@ committed. Configurations alternate within each repeat, so all see the same
 machine. Prints a markdown table: records/s, median of the repeats, min-max.
 --stdlib-json adds the null sink and the store with the standard library's JSON
 parser instead of orjson, side by side. --cpu adds how the whole machine spent its
-time while the records flowed (/proc/stat: user, system, idle, I/O wait).
+time while the records flowed (/proc/stat: user, system, idle, I/O wait), and the
+CPU time of the collector's own process (all its threads) per record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -57,8 +59,9 @@ def make_lines(n: int) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-def sender(path: str, n: int, go_r: int) -> None:
+def sender(path: str, n: int, ready_w: int, go_r: int) -> None:
     data = make_lines(n)
+    os.write(ready_w, b"r")
     os.read(go_r, 1)  # wait for the start signal
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(path)
@@ -85,6 +88,12 @@ def cpu_times() -> list[int]:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return [v[0] + v[1], v[2] + v[5] + v[6], v[3], v[4]]
+
+
+def own_cpu() -> float:
+    """CPU seconds (user + system) of this process, all its threads: the collector."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def run_once(
@@ -127,17 +136,28 @@ def run_once(
             svc.stop(0)
 
     go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pids = []
     for _ in range(senders):
         pid = os.fork()
         if pid == 0:
             os.close(go_w)
-            sender(path, per, go_r)
+            os.close(ready_r)
+            sender(path, per, ready_w, go_r)
         pids.append(pid)
     os.close(go_r)
-    time.sleep(0.3 + senders * per / 2e6)  # let the senders make their records
+    os.close(ready_w)
+    # The clock starts once every sender has made its records, so that making them
+    # does not compete with the collector for the CPUs.
+    ready = 0
+    while ready < senders:
+        got = os.read(ready_r, senders - ready)
+        if not got:
+            raise SystemExit("a sender died before it was ready")
+        ready += len(got)
+    os.close(ready_r)
     total = senders * per
-    t0, ticks0 = time.perf_counter(), cpu_times()
+    t0, ticks0, own0 = time.perf_counter(), cpu_times(), own_cpu()
     os.write(go_w, b"x" * senders)
     while count.n < total:
         time.sleep(0.002)
@@ -145,7 +165,8 @@ def run_once(
     dt = time.perf_counter() - t0
     spent = [b - a for a, b in zip(ticks0, cpu_times())]
     if cpu is not None:
-        cpu.append([100 * x / max(1, sum(spent)) for x in spent])
+        shares = [100 * x / max(1, sum(spent)) for x in spent]
+        cpu.append(shares + [1e6 * (own_cpu() - own0) / total])
     os.close(go_w)
     for pid in pids:
         os.waitpid(pid, 0)
@@ -213,11 +234,15 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.cpu:
-        print("\n| sink | " + " | ".join(f"{state} % (median)" for state in CPU_STATES) + " |")
-        print("|---|" + "---:|" * len(CPU_STATES))
+        heads = [f"{state} %" for state in CPU_STATES] + ["collector CPU µs/record"]
+        print("\n| sink (medians) | " + " | ".join(heads) + " |")
+        print("|---|" + "---:|" * len(heads))
         for kind in kinds:
             columns = zip(*cpu[kind])
-            cells = " | ".join(f"{statistics.median(c):.0f}" for c in columns)
+            cells = " | ".join(
+                f"{statistics.median(c):.{2 if i == len(CPU_STATES) else 0}f}"
+                for i, c in enumerate(columns)
+            )
             print(f"| {names[kind]} | {cells} |")
 
 
