@@ -121,14 +121,10 @@ def run_once(
             from auditwatch.rules import load
 
             ruleset = load()
-        svc = CollectorService(
-            path,
-            store,
-            ruleset,
-            sinks=[count],
-            threaded_store=kind != "store-1thread",
-            log=lambda m: None,
-        )
+        # "store" takes the build's default threading, so that compare_builds.py can
+        # run this benchmark against an older build as that build ships.
+        options = {"threaded_store": False} if kind == "store-1thread" else {}
+        svc = CollectorService(path, store, ruleset, sinks=[count], log=lambda m: None, **options)
         svc.start()
 
         def finish() -> None:
@@ -166,7 +162,7 @@ def run_once(
     spent = [b - a for a, b in zip(ticks0, cpu_times())]
     if cpu is not None:
         shares = [100 * x / max(1, sum(spent)) for x in spent]
-        cpu.append(shares + [1e6 * (own_cpu() - own0) / total])
+        cpu.append([*shares, 1e6 * (own_cpu() - own0) / total])
     os.close(go_w)
     for pid in pids:
         os.waitpid(pid, 0)

@@ -2,12 +2,15 @@
 commit in its own virtual environment) against this one, alternating in one run.
 
     python benchmarks/compare_builds.py --base-python /tmp/old/bin/python \
-        --base-benchmarks /tmp/old-checkout/benchmarks [--kind store] [--senders 16]
+        [--base-benchmarks /tmp/old-checkout/benchmarks] [--kind store] [--senders 16]
         [--per 10000] [--repeat 3]
 
 Each round runs ``bench_collector.run_once(kind, senders, per)`` once in each
-environment, each with its own copy of the benchmark, so both see the same machine
-state. Prints a markdown table: records/s, median of the rounds and min-max.
+environment, alternating, so both see the same machine state. Without
+--base-benchmarks both run this checkout's copy of the benchmark (one method for
+both, as long as the older build has the API it calls); with it, the older build
+runs its own copy. Prints a markdown table: records/s, median of the rounds and
+min-max.
 """
 
 from __future__ import annotations
@@ -35,19 +38,25 @@ def run(python: str, bench: str, kind: str, senders: int, per: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base-python", required=True, help="the other build's interpreter")
-    ap.add_argument("--base-benchmarks", required=True, help="its benchmarks/ directory")
+    ap.add_argument(
+        "--base-benchmarks", help="its benchmarks/ directory (default: this checkout's)"
+    )
     ap.add_argument("--kind", default="store", help="a bench_collector configuration")
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--per", type=int, default=10_000, help="records per sender")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     here = str(Path(__file__).resolve().parent)
-    builds = {"base": (args.base_python, args.base_benchmarks), "this": (sys.executable, here)}
+    base_bench = args.base_benchmarks or here
+    builds = {"base": (args.base_python, base_bench), "this": (sys.executable, here)}
     results: dict[str, list[float]] = {name: [] for name in builds}
     for _ in range(args.repeat):
         for name, (python, bench) in builds.items():
             results[name].append(run(python, bench, args.kind, args.senders, args.per))
-    print(f"`{args.kind}`, {args.senders} senders x {args.per:,} records, {args.repeat} rounds\n")
+    print(
+        f"`{args.kind}`, {args.senders} senders x {args.per:,} records, {args.repeat} rounds, "
+        f"base benchmark: {base_bench}\n"
+    )
     print("| build | records/s (median) | min – max |")
     print("|---|---:|---:|")
     for name, xs in results.items():
