@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from auditwatch.collector.server import Collector
 from auditwatch.collector.service import CollectorService
-from auditwatch.store import Store, lines
+from auditwatch.store import Store
 
 _WHERE = {"file": "/usr/lib/python3.11/importlib/_bootstrap.py", "line": 241, "func": "f"}
 
@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--cpu", action="store_true", help="also: the machine's CPU time, by state")
     args = ap.parse_args(argv)
+    from auditwatch.store import lines  # here: older builds (compare_builds.py) lack it
+
     per = args.records // args.senders
     kinds = ["null", "store", "store-1thread"] + (["store+rules"] if args.rules else [])
     if args.stdlib_json:
