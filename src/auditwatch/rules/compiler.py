@@ -406,6 +406,27 @@ def without_event_tests(node: Resolved) -> Resolved:
     return node
 
 
+def for_event(node: Resolved, name: str) -> Resolved | None:
+    """The condition as it reads on records of event ``name``; None when it cannot
+    hold there. A test of a field that only some events carry is false on the others:
+    the same reasoning by which ``events_of`` files a rule under its events. Negations
+    are kept whole."""
+    if isinstance(node, RCompare):
+        events = events_of(node)
+        return node if events is None or name in events else None
+    if isinstance(node, RNot):
+        return node
+    items = [for_event(item, name) for item in node.items]
+    if node.op == "and":
+        if any(item is None for item in items):
+            return None
+        return RBool("and", tuple(items), node.loc, node.offset)  # type: ignore[arg-type]
+    kept = tuple(item for item in items if item is not None)
+    if not kept:
+        return None
+    return kept[0] if len(kept) == 1 else RBool("or", kept, node.loc, node.offset)
+
+
 def conjuncts(node: Resolved) -> list[Resolved]:
     if isinstance(node, RBool) and node.op == "and":
         out: list[Resolved] = []

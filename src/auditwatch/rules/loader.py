@@ -25,13 +25,14 @@ from auditwatch.rules.compiler import (
     Resolved,
     Scope,
     events_of,
+    for_event,
     guard_of,
     predicate,
     without_event_tests,
 )
 from auditwatch.rules.errors import RuleError, RuleErrors
 from auditwatch.rules.native import native_rule
-from auditwatch.rules.ruleset import PRIORITIES, PRIORITY_ALIASES, Rule, Ruleset
+from auditwatch.rules.ruleset import PRIORITIES, PRIORITY_ALIASES, Guard, Rule, Ruleset
 from auditwatch.rules.source import Node, Source
 from auditwatch.rules.template import compile_template
 
@@ -448,8 +449,13 @@ class Definitions:
         if "seconds" in rdef.within:
             within_ns = int(rdef.within["seconds"] * 1e9)
         exception = self.exception_predicate(rdef.exceptions)
-        need = guard_of(resolved) if resolved is not None else None
-        guard = (need.field.name, need.field.get, need.op, need.values) if need else None
+        guard = _guard(resolved) if resolved is not None else None
+        by_event = {}
+        if resolved is not None and events is not None and len(events) > 1:
+            for name in sorted(events):
+                node = for_event(resolved, name)
+                if node is not None and node != resolved:
+                    by_event[name] = (predicate(without_event_tests(node)), _guard(node))
         native = None
         if rdef.action == "deny":
             if rdef.exceptions:
@@ -484,6 +490,7 @@ class Definitions:
             native=native,
             position=rdef.position,
             guard=guard,
+            by_event=by_event,
         )
 
     def exception_predicate(self, exceptions: list[ExceptionDef]) -> Predicate | None:
@@ -529,6 +536,11 @@ def _row(tests: list[tuple[Any, Any]]) -> Predicate:
         return True
 
     return row
+
+
+def _guard(node: Resolved) -> Guard | None:
+    need = guard_of(node)
+    return (need.field.name, need.field.get, need.op, need.values) if need else None
 
 
 def predicate_any(preds: list[Predicate]) -> Predicate:

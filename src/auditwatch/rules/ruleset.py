@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Tuple
 
 from auditwatch.rules.compiler import Predicate
 from auditwatch.rules.native import NativeRule
@@ -20,6 +20,9 @@ PRIORITIES = (
     "debug",
 )
 PRIORITY_ALIASES = {"info": "informational", "warn": "warning", "crit": "critical", "err": "error"}
+
+
+Guard = Tuple[str, Any, str, Tuple[Any, ...]]
 
 
 @dataclass
@@ -43,7 +46,19 @@ class Rule:
     native: NativeRule | None = None
     position: int = 0  # definition order: alerts from one record come in this order
     # A text test the rule needs: (field name, getter, operator, values); see engine._plan.
-    guard: tuple[str, Any, str, tuple[Any, ...]] | None = None
+    guard: Guard | None = None
+    # Per event where the condition reads simpler than in general (a rule on several
+    # events, with branches that only some of them can take): that event's
+    # (match, guard). index() hands the engine the rule with these in place.
+    by_event: dict[str, tuple[Predicate, Guard | None]] = field(default_factory=dict)
+
+    def on(self, event: str) -> Rule:
+        """This rule as the engine runs it on records of ``event``."""
+        special = self.by_event.get(event)
+        if special is None:
+            return self
+        match, guard = special
+        return replace(self, match=match, guard=guard, by_event={})
 
     @property
     def level(self) -> int:
@@ -80,7 +95,7 @@ class Ruleset:
         by_event: dict[str, list[Rule]] = {}
         for rule in enabled:
             for name in rule.events or ():
-                by_event.setdefault(name, []).append(rule)
+                by_event.setdefault(name, []).append(rule.on(name))
         for name, rules in by_event.items():
             merged = {id(r): r for r in rules + catch_all}
             by_event[name] = sorted(merged.values(), key=lambda r: r.position)
