@@ -58,6 +58,7 @@ class AlertEngine:
         self.alerts = 0
         self.suppressed_total = 0
         self.counts: dict[str, int] = {}
+        self._fired: list[tuple[Rule, dict, ProcInfo | None, ChainStart | None, int | None]] = []
 
     # -- RecordSink ------------------------------------------------------------------
 
@@ -77,6 +78,13 @@ class AlertEngine:
         if not rules:
             return
         self._run(rules, record, self.procs.get(record.get("run")))
+        if self._fired:
+            # Grouped rules (see _plan) run out of definition order; their alerts
+            # go out in it.
+            fired, self._fired = self._fired, []
+            fired.sort(key=lambda f: f[0].position)
+            for args in fired:
+                self._alert(*args)
 
     def _run(self, rules: list[Any], record: dict, proc: ProcInfo | None) -> None:
         for rule in rules:
@@ -182,6 +190,16 @@ class AlertEngine:
     # -- alerts ----------------------------------------------------------------------
 
     def _fire(
+        self,
+        rule: Rule,
+        record: dict,
+        proc: ProcInfo | None,
+        start: ChainStart | None,
+        count: int | None = None,
+    ) -> None:
+        self._fired.append((rule, record, proc, start, count))
+
+    def _alert(
         self,
         rule: Rule,
         record: dict,
