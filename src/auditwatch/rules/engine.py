@@ -23,6 +23,8 @@ from auditwatch.rules.ruleset import Rule, Ruleset
 Alert = Dict[str, Any]
 Emit = Callable[[Alert], None]
 ChainStart = Tuple[int, int, Optional[str]]  # seq, ts, event of a sequence's first step
+# A rule that fired: the rule, the record, its process, a sequence's start, a count.
+Fired = Tuple[Rule, dict, Optional[ProcInfo], Optional[ChainStart], Optional[int]]
 
 
 class AlertEngine:
@@ -58,7 +60,7 @@ class AlertEngine:
         self.alerts = 0
         self.suppressed_total = 0
         self.counts: dict[str, int] = {}
-        self._fired: list[tuple[Rule, dict, ProcInfo | None, ChainStart | None, int | None]] = []
+        self._fired: list[Fired] = []  # this record's alerts, until sorted
 
     # -- RecordSink ------------------------------------------------------------------
 
@@ -83,8 +85,8 @@ class AlertEngine:
             # go out in it.
             fired, self._fired = self._fired, []
             fired.sort(key=lambda f: f[0].position)
-            for args in fired:
-                self._alert(*args)
+            for one in fired:
+                self._alert(one)
 
     def _run(self, rules: list[Any], record: dict, proc: ProcInfo | None) -> None:
         for rule in rules:
@@ -199,14 +201,8 @@ class AlertEngine:
     ) -> None:
         self._fired.append((rule, record, proc, start, count))
 
-    def _alert(
-        self,
-        rule: Rule,
-        record: dict,
-        proc: ProcInfo | None,
-        start: ChainStart | None,
-        count: int | None = None,
-    ) -> None:
+    def _alert(self, fired: Fired) -> None:
+        rule, record, proc, start, count = fired
         ts = record.get("ts") or self.clock()
         if not self._allow(rule.name, ts):
             return
