@@ -311,7 +311,7 @@ def plain(line: bytes, peer_pid: int | None = None) -> bool:
     items = _ingest.scan_lines(line + b"\n", peer_pid)
     assert len(items) == 1
     assert _ingest.scan_lines(exact(line + b"\n"), peer_pid) == items
-    return len(items[0]) == 10
+    return len(items[0]) == 11
 
 
 def test_scan_a_clean_run_is_one_item():
@@ -319,8 +319,10 @@ def test_scan_a_clean_run_is_one_item():
     ts = [T0 + rng.randrange(10**9) for _ in range(100)]
     recs = [rec(seq, ts=ts[seq - 1], event=f"ev{seq % 3}") for seq in range(1, 101)]
     data = lines(*recs)
+    names = ("ev1", "ev2", "ev0")
+    kinds = bytes(names.index(f"ev{seq % 3}") for seq in range(1, 101))
     assert _ingest.scan_lines(data, 100) == [
-        (0, len(data), "r1", 1, 100, 100, "ev1", min(ts), max(ts), ("ev1", "ev2", "ev0"))
+        (0, len(data), "r1", 1, 100, 100, "ev1", min(ts), max(ts), names, kinds)
     ]
     assert _ingest.scan_lines(data, None) == _ingest.scan_lines(data, 100)
 
@@ -332,8 +334,8 @@ def test_scan_a_ninth_event_name_starts_a_new_run():
     at = offsets(data)
     names = tuple(f"ev{i}" for i in range(1, 9))
     assert _ingest.scan_lines(data, 100) == [
-        (0, at[7][1] + 1, "r1", 1, 8, 8, "ev8", T0 + 1, T0 + 8, names),
-        (at[8][0], len(data), "r1", 9, 10, 2, "ev10", T0 + 9, T0 + 10, ("ev9", "ev10")),
+        (0, at[7][1] + 1, "r1", 1, 8, 8, "ev8", T0 + 1, T0 + 8, names, bytes(range(8))),
+        (at[8][0], len(data), "r1", 9, 10, 2, "ev10", T0 + 9, T0 + 10, ("ev9", "ev10"), b"\0\1"),
     ]
 
 
@@ -353,10 +355,10 @@ def test_scan_splits_runs_at_a_seq_gap_a_run_change_and_a_replay():
     data = lines(*recs)
     at = offsets(data)
     assert _ingest.scan_lines(data, 100) == [
-        (0, at[2][1] + 1, "r1", 1, 3, 3, "open", T0 + 1, T0 + 3, ("open",)),
-        (at[3][0], at[4][1] + 1, "r1", 5, 6, 2, "open", T0 + 5, T0 + 6, ("open",)),
-        (at[5][0], at[6][1] + 1, "r2", 7, 8, 2, "open", T0 + 7, T0 + 8, ("open",)),
-        (at[7][0], at[7][1] + 1, "r2", 8, 8, 1, "open", T0 + 8, T0 + 8, ("open",)),
+        (0, at[2][1] + 1, "r1", 1, 3, 3, "open", T0 + 1, T0 + 3, ("open",), b"\x00\x00\x00"),
+        (at[3][0], at[4][1] + 1, "r1", 5, 6, 2, "open", T0 + 5, T0 + 6, ("open",), b"\x00\x00"),
+        (at[5][0], at[6][1] + 1, "r2", 7, 8, 2, "open", T0 + 7, T0 + 8, ("open",), b"\x00\x00"),
+        (at[7][0], at[7][1] + 1, "r2", 8, 8, 1, "open", T0 + 8, T0 + 8, ("open",), b"\x00"),
     ]
 
 
@@ -367,17 +369,17 @@ def test_scan_other_kinds_and_other_pids_are_lines():
     at = offsets(data)
     assert _ingest.scan_lines(data, 100) == [
         at[0],
-        (at[1][0], at[1][1] + 1, "r1", 2, 2, 1, "open", T0 + 2, T0 + 2, ("open",)),
+        (at[1][0], at[1][1] + 1, "r1", 2, 2, 1, "open", T0 + 2, T0 + 2, ("open",), b"\x00"),
         at[2],
-        (at[3][0], at[3][1] + 1, "r1", 4, 4, 1, "open", T0 + 4, T0 + 4, ("open",)),
+        (at[3][0], at[3][1] + 1, "r1", 4, 4, 1, "open", T0 + 4, T0 + 4, ("open",), b"\x00"),
         at[4],
     ]
     # Without the sender's pid any pid is plain, but a run has one pid.
     assert _ingest.scan_lines(data, None) == [
         at[0],
-        (at[1][0], at[1][1] + 1, "r1", 2, 2, 1, "open", T0 + 2, T0 + 2, ("open",)),
-        (at[2][0], at[2][1] + 1, "r1", 3, 3, 1, "open", T0 + 3, T0 + 3, ("open",)),
-        (at[3][0], at[3][1] + 1, "r1", 4, 4, 1, "open", T0 + 4, T0 + 4, ("open",)),
+        (at[1][0], at[1][1] + 1, "r1", 2, 2, 1, "open", T0 + 2, T0 + 2, ("open",), b"\x00"),
+        (at[2][0], at[2][1] + 1, "r1", 3, 3, 1, "open", T0 + 3, T0 + 3, ("open",), b"\x00"),
+        (at[3][0], at[3][1] + 1, "r1", 4, 4, 1, "open", T0 + 4, T0 + 4, ("open",), b"\x00"),
         at[4],
     ]
 
@@ -386,8 +388,8 @@ def test_scan_empty_lines_give_no_item_and_end_a_run():
     data = b"\n\n" + lines(rec(1), rec(2)) + b"\n" + lines(rec(3), b"junk") + b"\n\n"
     at = [span for span in offsets(data) if span[0] != span[1]]
     assert _ingest.scan_lines(data, 100) == [
-        (at[0][0], at[1][1] + 1, "r1", 1, 2, 2, "open", T0 + 1, T0 + 2, ("open",)),
-        (at[2][0], at[2][1] + 1, "r1", 3, 3, 1, "open", T0 + 3, T0 + 3, ("open",)),
+        (at[0][0], at[1][1] + 1, "r1", 1, 2, 2, "open", T0 + 1, T0 + 2, ("open",), b"\x00\x00"),
+        (at[2][0], at[2][1] + 1, "r1", 3, 3, 1, "open", T0 + 3, T0 + 3, ("open",), b"\x00"),
         at[3],
     ]
     assert _ingest.scan_lines(b"", None) == []
@@ -397,7 +399,7 @@ def test_scan_empty_lines_give_no_item_and_end_a_run():
 def test_scan_whitespace_around_and_inside_the_object():
     line = b' \t{ "v" : 1 , "seq":1,"run":"r","pid":1,"kind":"event","event":"e","ts":2 } \r'
     assert _ingest.scan_lines(line + b"\n", 1) == [
-        (0, len(line) + 1, "r", 1, 1, 1, "e", 2, 2, ("e",))
+        (0, len(line) + 1, "r", 1, 1, 1, "e", 2, 2, ("e",), b"\0")
     ]
     assert not plain(b" ")
     assert not plain(b"\r")
@@ -917,7 +919,19 @@ def check_items(data: bytes, items: list, peer_pid: int | None, stats: dict) -> 
             prev_run = None
             stats["line"] += 1
             continue
-        start, end, run, first_seq, last_seq, count, last_event, first_ts, last_ts, events = item
+        (
+            start,
+            end,
+            run,
+            first_seq,
+            last_seq,
+            count,
+            last_event,
+            first_ts,
+            last_ts,
+            events,
+            kinds,
+        ) = item
         assert start == nonempty[k][0] and count >= 1
         chunk = data[start:end]
         assert chunk.endswith(b"\n") and b"\n\n" not in chunk
@@ -945,6 +959,7 @@ def check_items(data: bytes, items: list, peer_pid: int | None, stats: dict) -> 
         assert len({f[2] for f in fields}) == 1
         assert fields[-1][3] == last_event
         assert events == tuple(dict.fromkeys(f[3] for f in fields)) and len(events) <= 8
+        assert kinds == bytes(events.index(f[3]) for f in fields)
         assert (first_ts, last_ts) == (min(f[4] for f in fields), max(f[4] for f in fields))
         if prev_run is not None:  # maximal: it could not have extended the run before it
             p_end, p_run, p_last_seq, p_pid, p_events = prev_run

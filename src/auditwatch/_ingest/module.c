@@ -32,8 +32,9 @@ static PyMethodDef methods[] = {
     {"scan_lines", (PyCFunction)(void (*)(void))aw_scan_lines, METH_VARARGS | METH_KEYWORDS,
      "scan_lines(data, peer_pid) -> list\n\n"
      "Split complete lines into runs of plain events, (start, end, run, first_seq,\n"
-     "last_seq, count, last_event, first_ts, last_ts, events) with data[start:end]\n"
-     "the lines and events their distinct event names (at most 8), and other lines,\n"
+     "last_seq, count, last_event, first_ts, last_ts, events, kinds) with\n"
+     "data[start:end] the lines, events their distinct event names (at most 8) and\n"
+     "kinds one byte per line, its event's index in events; and other lines,\n"
      "(start, end) without the newline. Empty lines give no item."},
     {NULL, NULL, 0, NULL},
 };

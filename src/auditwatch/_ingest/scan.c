@@ -394,6 +394,7 @@ static const unsigned char *scan_plain(const unsigned char *p, int check_pid, in
 
 typedef struct {
     Py_ssize_t start, end, count;
+    size_t kinds_at; /* its lines' event indexes: items.kinds[kinds_at .. + count] */
     Py_ssize_t run_at, run_len;
     Py_ssize_t ev_at[MAX_EVENTS], ev_len[MAX_EVENTS]; /* the distinct event names */
     int n_ev, last_ev;
@@ -412,6 +413,8 @@ static int event_index(const item *r, const unsigned char *data, const unsigned 
 typedef struct {
     item *v;
     size_t len, cap;
+    unsigned char *kinds; /* per plain line, in order: its index in its run's names */
+    size_t kinds_len, kinds_cap;
     int oom;
 } items;
 
@@ -426,6 +429,20 @@ static item *push(items *it) {
         it->v = v, it->cap = cap;
     }
     return &it->v[it->len++];
+}
+
+static int push_kind(items *it, int ev) {
+    if (it->kinds_len == it->kinds_cap) {
+        size_t cap = it->kinds_cap ? 2 * it->kinds_cap : 4096;
+        unsigned char *k = realloc(it->kinds, cap);
+        if (k == NULL) {
+            it->oom = 1;
+            return -1;
+        }
+        it->kinds = k, it->kinds_cap = cap;
+    }
+    it->kinds[it->kinds_len++] = (unsigned char)ev;
+    return 0;
 }
 
 /* No Python object touched: runs without the GIL for bytes. */
@@ -464,6 +481,8 @@ static void scan_all(const unsigned char *data, size_t len, int check_pid, int64
                 run->ev_at[ev] = f.event - data, run->ev_len[ev] = (Py_ssize_t)f.event_len;
             }
             run->last_ev = ev;
+            if (push_kind(out, ev) < 0)
+                return;
             run->first_ts = f.ts < run->first_ts ? f.ts : run->first_ts;
             run->last_ts = f.ts > run->last_ts ? f.ts : run->last_ts;
         } else {
@@ -472,6 +491,9 @@ static void scan_all(const unsigned char *data, size_t len, int check_pid, int64
             if ((run = push(out)) == NULL)
                 return;
             run->start = p - data, run->end = nl + 1 - data, run->count = 1;
+            run->kinds_at = out->kinds_len;
+            if (push_kind(out, 0) < 0)
+                return;
             run->run_at = f.run - data, run->run_len = (Py_ssize_t)f.run_len;
             run->ev_at[0] = f.event - data, run->ev_len[0] = (Py_ssize_t)f.event_len;
             run->n_ev = 1, run->last_ev = 0;
@@ -502,6 +524,7 @@ fail:
 }
 
 static PyObject *build_list(const char *data, const items *it) {
+    /* A run's kinds are contiguous: a line joins only the newest item. */
     PyObject *list = PyList_New((Py_ssize_t)it->len);
     PyObject *run_str = NULL; /* the last run's str: consecutive runs often share it */
     const item *run_of = NULL;
@@ -537,7 +560,7 @@ static PyObject *build_list(const char *data, const items *it) {
             PyObject *last_event = PyTuple_GET_ITEM(events, x->last_ev);
             Py_INCREF(last_event);
             Py_INCREF(run_str);
-            PyObject *v[10] = {
+            PyObject *v[11] = {
                 PyLong_FromSsize_t(x->start),
                 PyLong_FromSsize_t(x->end),
                 run_str,
@@ -548,8 +571,9 @@ static PyObject *build_list(const char *data, const items *it) {
                 PyLong_FromLongLong(x->first_ts),
                 PyLong_FromLongLong(x->last_ts),
                 events,
+                PyBytes_FromStringAndSize((const char *)it->kinds + x->kinds_at, x->count),
             };
-            t = tuple_of(v, 10);
+            t = tuple_of(v, 11);
         }
         if (t == NULL)
             goto fail;
@@ -582,7 +606,7 @@ PyObject *aw_scan_lines(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (PyObject_GetBuffer(data_o, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *result = NULL;
-    items it = {NULL, 0, 0, 0};
+    items it = {NULL, 0, 0, NULL, 0, 0, 0};
     const unsigned char *data = view.buf;
     if (view.len > 0 && data[view.len - 1] != '\n') {
         PyErr_SetString(PyExc_ValueError, F ": data must end with a newline (complete lines)");
@@ -603,6 +627,7 @@ PyObject *aw_scan_lines(PyObject *self, PyObject *args, PyObject *kwargs) {
         result = build_list(view.buf, &it);
 done:
     free(it.v);
+    free(it.kinds);
     PyBuffer_Release(&view);
     return result;
 }
