@@ -305,11 +305,22 @@ def test_spans_store_exactly_what_line_by_line_checks_store(harness):
         def accept(self, raw: bytes, record: dict, peer: object) -> None:
             self.got.append((raw, record))
 
+    class Picky(OneByOne):  # one that wants only some events, as the rules engine
+        def wants_event(self, name: str) -> bool:
+            return name == "import"
+
+    def wanted(got: list[tuple[bytes, dict]]) -> list[tuple[bytes, dict]]:
+        return [(raw, r) for raw, r in got if r.get("kind") != "event" or r["event"] == "import"]
+
+    picky: list[list[tuple[bytes, dict]]] = []
+
     def stored(scan: bool) -> tuple[list[bytes], list[str], list[tuple[bytes, dict]]]:
         refused: list[str] = []
-        sink = OneByOne()
+        sink, choosy = OneByOne(), Picky()
         h = harness(
-            scan=scan, sinks=[sink], on_reject=lambda reason, raw, peer: refused.append(reason)
+            scan=scan,
+            sinks=[sink, choosy],
+            on_reject=lambda reason, raw, peer: refused.append(reason),
         )
         s = h.send(close=False)
         for piece in pieces:  # one connection, in pieces: reads end at varying places
@@ -321,6 +332,7 @@ def test_spans_store_exactly_what_line_by_line_checks_store(harness):
             kept = [r.raw for r in iter_rows(st.conn) if r.kind != "collector"]
         assert verify(h.store_path).ok
         spans.append(h.service.collector.span_records)
+        picky.append(choosy.got)
         return kept, refused, sink.got
 
     spans: list[int] = []
@@ -328,3 +340,7 @@ def test_spans_store_exactly_what_line_by_line_checks_store(harness):
     assert spans[0] > 1000 and spans[1] == 0
     assert len(fast[0]) > 2500 and len(fast[1]) > 50 and len(fast[2]) == len(fast[0])
     assert fast == slow
+    # A sink with wants_event gets every record it wants, in order, either way; of a
+    # span, only those (the others are not even parsed for it).
+    assert wanted(picky[0]) == wanted(picky[1]) and len(wanted(picky[0])) > 1000
+    assert picky[1] == fast[2] and len(picky[0]) < len(fast[2]) - 1000

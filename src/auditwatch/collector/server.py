@@ -37,7 +37,10 @@ TICK = 0.1  # seconds between calls of the periodic work (batch timers, liveness
 
 class RecordSink(Protocol):
     """Receives checked records. A sink that buffers may also define ``flush()``:
-    the collector calls it before acknowledging an indicator (see ``_control``)."""
+    the collector calls it before acknowledging an indicator (see ``_control``).
+    It may define ``accept_span(span)`` to take a span whole, or
+    ``wants_event(name) -> bool`` to be given only the records of a span whose event
+    it wants (lines no sink wants are then not parsed)."""
 
     def accept(self, raw: bytes, record: dict, peer: PeerCred | None) -> None: ...
 
@@ -281,13 +284,14 @@ class Collector:
             try:
                 sink.accept(raw, record, peer)
             except Exception:
-                self.sink_errors += 1
-                self._error(f"sink {type(sink).__name__} failed:\n{traceback.format_exc()}")
+                self._sink_failed(sink)
         return record["run"]  # type: ignore[no-any-return]
 
     def _span(self, data: bytes, item: tuple, peer: PeerCred | None, conn: int) -> str:
         """Consecutive plain events of one run (``scan_lines``), checked as one."""
-        start, end, run, first_seq, last_seq, count, last_event, min_ts, max_ts, events = item
+        (start, end, run, first_seq, last_seq, count, last_event, min_ts, max_ts, events, kinds) = (
+            item
+        )
         track = self.sequencer.runs.get(run)
         watch = self.watch
         if (
@@ -303,22 +307,49 @@ class Collector:
         self.span_records += count
         if watch is not None:
             watch.seen_span(run, last_seq, last_event, conn)
-        span = Span(data[start:end], count, run, first_seq, last_seq, min_ts, max_ts, events, peer)
-        records = None  # parsed once, for the sinks that take records one by one
+        span = Span(
+            data[start:end], count, run, first_seq, last_seq, min_ts, max_ts, events, peer, kinds
+        )
+        one_by_one: list[RecordSink] = []
         for sink in self.sinks:
+            take = getattr(sink, "accept_span", None)
+            if take is None:
+                one_by_one.append(sink)
+                continue
             try:
-                take = getattr(sink, "accept_span", None)
-                if take is not None:
-                    take(span)
-                    continue
-                if records is None:
-                    records = [(line, parse(line)) for line in span.lines.split(b"\n")[:-1]]
-                for line, record in records:
-                    sink.accept(line, record, peer)  # type: ignore[arg-type]
+                take(span)
             except Exception:
-                self.sink_errors += 1
-                self._error(f"sink {type(sink).__name__} failed:\n{traceback.format_exc()}")
+                self._sink_failed(sink)
+        if one_by_one:
+            self._span_records(span, one_by_one)
         return run  # type: ignore[no-any-return]
+
+    def _span_records(self, span: Span, sinks: list[RecordSink]) -> None:
+        """A span's records for the sinks that take them one by one: each line parsed
+        once, and only when one of them wants its event."""
+        wanted = []
+        for sink in sinks:
+            wants = getattr(sink, "wants_event", None)
+            wanted.append([wants is None or bool(wants(name)) for name in span.events])
+        needed = [any(column) for column in zip(*wanted)]
+        if not any(needed):
+            return
+        failed = [False] * len(sinks)
+        for line, kind in zip(span.lines.split(b"\n"), span.kinds):
+            if not needed[kind]:
+                continue
+            record = parse(line)
+            for i, sink in enumerate(sinks):
+                if wanted[i][kind] and not failed[i]:
+                    try:
+                        sink.accept(line, record, span.peer)
+                    except Exception:
+                        failed[i] = True  # one report per sink and span, as for a span
+                        self._sink_failed(sink)
+
+    def _sink_failed(self, sink: object) -> None:
+        self.sink_errors += 1
+        self._error(f"sink {type(sink).__name__} failed:\n{traceback.format_exc()}")
 
     def _error(self, message: str) -> None:
         if self.on_error is not None:

@@ -67,6 +67,12 @@ class AlertEngine:
     def accept(self, raw: bytes, record: dict, peer: Any) -> None:
         self.process(record)
 
+    def wants_event(self, name: str) -> bool:
+        """Whether an event record of this name can raise an alert: the collector
+        does not parse the others of a span (start and exit records, which feed the
+        process table, are never in one)."""
+        return name in self.by_event or bool(self.catch_all)
+
     def process(self, record: dict) -> None:
         if record.get("kind") != "event":
             kind = record.get("kind")

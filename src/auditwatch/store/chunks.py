@@ -55,6 +55,7 @@ class Span(NamedTuple):
     max_ts: int
     events: tuple[str, ...]  # the distinct event names
     peer: Any  # the sender's credentials (pid, uid, gid attributes) or None
+    kinds: bytes  # per record, its event's index in ``events``
 
 
 class Finding(NamedTuple):
