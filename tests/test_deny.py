@@ -214,3 +214,32 @@ def test_run_rules_file_deny_rules_are_enforced_in_the_hook(tmp_path):
     assert [(r["event"], r["args"][0], r["rule"]) for r in denied] == [
         ("open", "/etc/shadow", "No shadow")
     ]
+
+
+def test_glob_tests_with_a_final_star_and_with_other_wildcards(tmp_path):
+    # A glob whose one wildcard is a final '*' is checked as a prefix in the hook;
+    # the others through fnmatch. Both normalise the path first and must agree with
+    # fnmatch: '*' matches '/' too, '?' one character.
+    spec = "\n".join(
+        [
+            "Data dir\tenforce\topen\t0:glob:/srv/data/*",
+            "Keys\tenforce\topen\t0:glob:/srv/d?ta/*.key",
+        ]
+    )
+    paths = {
+        "/srv/data/x": "Data dir",
+        "/srv/data/a/b/c": "Data dir",
+        "/srv/x/../data/y": "Data dir",
+        "/srv/data": None,
+        "/srv/database": None,
+        "/srv/dota/a.key": "Keys",
+        "/srv/dota/a/b.key": "Keys",
+        "/srv/dota/a.keys": None,
+        "/srv/dotta/a.key": None,
+    }
+    code = attempt("open(path).close()").replace("def attempt():", "def attempt(path):")
+    code += f"for path in {list(paths)!r}:\n    print(path, attempt(path))\n"
+    a = run_audited(tmp_path, code, AUDITWATCH_DENY=spec)
+    for line, (path, rule) in zip(a.proc.stdout.splitlines(), paths.items()):
+        want = f"denied: auditwatch: 'open' denied by rule '{rule}'" if rule else "allowed ("
+        assert line.startswith(f"{path} {want}"), line

@@ -408,3 +408,32 @@ def test_auditing_from_site_start_up_loads_only_its_own_modules(tmp_path):
     assert audited.kinds("start"), "the process was not audited"
     extra = set(audited.proc.stdout.split()) - set(plain.stdout.split())
     assert extra == {"auditwatch", "auditwatch.runtime", "auditwatch._hook"}
+
+
+def test_event_table_globs_exact_prefix_and_wildcards(tmp_path):
+    # Plain names and a final '*' are decided without fnmatch; every other glob
+    # through it. All must decide as fnmatch would, first entry winning.
+    table = {
+        "t.exact": "ignore",
+        "t.exactly": "record",
+        "t.pre": "ignore",
+        "t.prefix.more": "ignore",
+        "t.pr": "record",
+        "t.qzx": "ignore",
+        "t.qzzx": "record",
+        "t.bset": "ignore",
+        "t.cset": "record",
+        "t.midend": "ignore",
+        "t.XmidYend": "ignore",
+        "t.midendX": "record",
+        "t.lit*": "ignore",
+        "t.litX": "record",
+        "t.first": "ignore",
+    }
+    events = r"ignore:t.exact,ignore:t.pre*,ignore:t.q?x,ignore:t.[ab]set,ignore:t.*mid*end,"
+    events += r"ignore:t.lit\*,ignore:t.first,record:t.first"
+    code = "import sys\n" + "".join(f"sys.audit({name!r})\n" for name in table)
+    a = run_audited(tmp_path, code, events=events)
+    recorded = {r["event"] for r in a.records if r.get("kind") == "event"}
+    assert {n for n, action in table.items() if action == "record"} <= recorded
+    assert not {n for n, action in table.items() if action == "ignore"} & recorded

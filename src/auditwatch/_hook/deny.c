@@ -139,6 +139,14 @@ static int parse_test(deny_test *t, const char *s, size_t n, char *err, size_t e
         return -1;
     }
     t->len = strlen(t->value);
+    /* A glob whose one special character is a final '*' is a prefix test (without
+     * flags fnmatch lets '*' match '/' too), which spares fnmatch's conversion of
+     * both strings to wide characters on every check. */
+    if (t->op == OP_GLOB && t->len > 0 && strcspn(t->value, "*?[\\") == t->len - 1 &&
+        t->value[t->len - 1] == '*') {
+        t->op = OP_PREFIX;
+        t->value[--t->len] = '\0';
+    }
     return t->op == OP_CIDR ? parse_cidr(t, err, errlen) : 0;
 }
 

@@ -17,10 +17,18 @@
 #define MAX_ENTRIES 256
 #define SLOTS 4096 /* power of two */
 
+/* How an entry's glob is matched. Most are plain names or end in a single '*';
+ * those are decided by strcmp or a prefix test. fnmatch() is kept for the rest: in
+ * a UTF-8 locale it converts both strings to wide characters on every call, which
+ * made deciding a new event name cost about 13,000 instructions at start-up. */
+enum { GLOB_EXACT, GLOB_PREFIX, GLOB_FNMATCH };
+
 typedef struct {
     char *glob;
     char *text; /* "deny:os.system", reported as the rule that decided */
     int action;
+    int kind;     /* GLOB_* */
+    size_t fixed; /* GLOB_PREFIX: the length before the '*' */
 } entry;
 
 typedef struct {
@@ -64,6 +72,18 @@ static const char DEFAULT_SPEC[] =
 
 const char *aw_table_default_spec(void) { return DEFAULT_SPEC; }
 
+/* GLOB_EXACT when no character is special to fnmatch, GLOB_PREFIX when only a final
+ * '*' is (fnmatch without flags lets '*' match anything, '/' and '.' included). */
+static int glob_kind(const char *glob, size_t *fixed) {
+    size_t n = strcspn(glob, "*?[\\");
+    *fixed = n;
+    if (glob[n] == '\0')
+        return GLOB_EXACT;
+    if (glob[n] == '*' && glob[n + 1] == '\0')
+        return GLOB_PREFIX;
+    return GLOB_FNMATCH;
+}
+
 static int parse_action(const char *s, size_t n) {
     static const char *names[] = {"ignore", "record", "flush", "deny"};
     for (int i = 0; i < 4; i++)
@@ -103,6 +123,7 @@ static int add_spec(const char *spec, char *err, size_t errlen) {
                 return -1;
             }
             e->action = action;
+            e->kind = glob_kind(e->glob, &e->fixed);
             n_entries++;
         }
         p = end ? end + 1 : p + n;
@@ -118,7 +139,11 @@ int aw_table_configure(const char *spec, char *err, size_t errlen) {
 
 static int match(const char *event, const char **rule) {
     for (int i = 0; i < n_entries; i++) {
-        if (fnmatch(entries[i].glob, event, 0) == 0) {
+        const entry *e = &entries[i];
+        int hit = e->kind == GLOB_EXACT    ? strcmp(e->glob, event) == 0
+                  : e->kind == GLOB_PREFIX ? strncmp(e->glob, event, e->fixed) == 0
+                                           : fnmatch(e->glob, event, 0) == 0;
+        if (hit) {
             *rule = entries[i].text;
             return entries[i].action;
         }
