@@ -47,7 +47,7 @@ class CollectorService:
         spool_every: float = 5.0,
         remove_spooled: bool = True,
         batch: int = 5_000,
-        threaded_store: bool = True,  # seal here, insert there: docs/collector.md
+        threaded_store: bool = True,  # seal and insert in two threads: docs/collector.md
         scan: bool = True,
         log: Log = log_stderr,
     ) -> None:

@@ -1,11 +1,14 @@
 """The store as a collector sink: records batched, sealed, and written.
 
 Records are batched (5,000, or whatever came within 0.2 s), then sealed and
-inserted in one transaction. With ``threaded`` the collector thread seals and a
-second thread inserts, behind a queue of ``depth`` batches (when SQLite falls
-behind, the collector thread blocks, socket buffers fill and the audited
+inserted in one transaction. With ``threaded`` (the default) that is a pipeline:
+the collector thread hands each batch to a sealing thread, which hands it to a
+writing thread, each behind a queue of ``depth`` batches (when SQLite falls behind,
+the queues fill, the collector thread blocks, socket buffers fill and the audited
 processes' writers wait: lossless back-pressure). Sealing (``_ingest.seal_chunk``)
-and SQLite's work both run without the GIL, so the two threads use two cores.
+and SQLite's work both run without the GIL, so neither holds up the collector
+thread's Python work (the checks, the rules), whichever of the three is the
+busiest (docs/performance.md). Without ``threaded`` the collector thread does all.
 
 ``flush()`` returns once everything accepted so far is committed: the collector
 calls it before acknowledging an indicator, so an ack means "in the store".
@@ -50,18 +53,26 @@ class StoreSink:
         self._pending: list[Item | Span] = []
         self._pending_records = 0
         self._pending_since = 0.0
-        self._head = store.head()
+        self._head = store.head()  # where the next batch is sealed on
+        self._to_seal: queue.Queue[list[Item | Span] | None] = queue.Queue(maxsize=depth)
         self._queue: queue.Queue[SealedBatch | None] = queue.Queue(maxsize=depth)
         self._done = threading.Condition()
+        self._rescuing = threading.Lock()  # the sealer and the writer may both need it
         self._submitted = 0  # batches handed to the writer
         self._written = 0  # batches the writer has finished (committed or failed)
         self.stored = 0
         self.failed = 0
         self.threaded = threaded
         self._thread = threading.Thread(
-            target=self._write_loop, name="auditwatch-store", daemon=True
+            target=self._write_loop, args=(self._head,), name="auditwatch-store", daemon=True
         )
         self._thread.start()
+        self._sealer = None
+        if threaded:
+            self._sealer = threading.Thread(
+                target=self._seal_loop, name="auditwatch-seal", daemon=True
+            )
+            self._sealer.start()
 
     # -- RecordSink ------------------------------------------------------------------
 
@@ -100,12 +111,19 @@ class StoreSink:
         self._submit()
         with self._done:
             target = self._submitted
-            while self._written < target and self._thread.is_alive():
+            while self._written < target and self._alive():
                 self._done.wait(0.5)
+
+    def _alive(self) -> bool:
+        return self._thread.is_alive() and (self._sealer is None or self._sealer.is_alive())
 
     def close(self) -> None:
         self.flush()
-        self._queue.put(None)
+        if self._sealer is not None:
+            self._to_seal.put(None)  # the sealer passes it on to the writer
+            self._sealer.join()
+        else:
+            self._queue.put(None)
         self._thread.join()
 
     # -- internals ---------------------------------------------------------------
@@ -114,31 +132,50 @@ class StoreSink:
         if not self._pending:
             return
         items, self._pending, self._pending_records = self._pending, [], 0
-        # Sealed here, written there: the hashing (C, without the GIL) and SQLite's
-        # work (also without it) run on two cores at once.
+        if self._sealer is None:
+            head = self._head
+            batch = self._seal(items)
+            if batch is not None:
+                self._head = self._write_one(batch, head)
+            return
+        with self._done:
+            self._submitted += 1
+        self._to_seal.put(items)  # blocks when the pipeline is behind: back-pressure
+
+    def _seal(self, items: list[Item | Span]) -> SealedBatch | None:
         try:
             batch = self.store.seal(items, self._head)
         except Exception as exc:  # a record the writer cannot take: kept, not lost
             self._rescue(items, exc)
-            return
-        if not self.threaded:
-            self._head = self._write_one(batch, self._head)
-            return
+            return None
         self._head = batch.end
-        with self._done:
-            self._submitted += 1
-        self._queue.put(batch)  # blocks when the writer is behind: back-pressure
+        return batch
 
-    def _write_loop(self) -> None:
-        committed = self._head
+    def _seal_loop(self) -> None:
+        while True:
+            items = self._to_seal.get()
+            if items is None:
+                self._queue.put(None)
+                return
+            batch = self._seal(items)
+            if batch is None:
+                self._finished()
+            else:
+                self._queue.put(batch)
+
+    def _write_loop(self, committed: tuple[int, bytes]) -> None:
         while True:
             batch = self._queue.get()
             if batch is None:
                 return
             committed = self._write_one(batch, committed)
-            with self._done:
-                self._written += 1
-                self._done.notify_all()
+            self._finished()
+
+    def _finished(self) -> None:
+        """One submitted batch is done with: committed, or kept in the unstored file."""
+        with self._done:
+            self._written += 1
+            self._done.notify_all()
 
     def _write_one(self, batch: SealedBatch, head: tuple[int, bytes]) -> tuple[int, bytes]:
         """Write one batch onto ``head``; returns the head the store now ends at."""
@@ -157,14 +194,15 @@ class StoreSink:
         # The store refused the batch (disk full, tampered, locked): keep the lines in
         # a JSON-lines file beside it rather than lose them, and say so loudly.
         path = f"{self.store.path}.unstored-{os.getpid()}.jsonl"
-        try:
-            with open(path, "ab") as f:
-                os.fchmod(f.fileno(), 0o600)
-                for item in items:
-                    f.write(item.lines if type(item) is Span else item[0] + b"\n")
-            where = f"kept in {path}"
-        except OSError as err:
-            where = f"and could not be kept ({err})"
         n = sum(item.count if type(item) is Span else 1 for item in items)
-        self.failed += n
+        with self._rescuing:
+            try:
+                with open(path, "ab") as f:
+                    os.fchmod(f.fileno(), 0o600)
+                    for item in items:
+                        f.write(item.lines if type(item) is Span else item[0] + b"\n")
+                where = f"kept in {path}"
+            except OSError as err:
+                where = f"and could not be kept ({err})"
+            self.failed += n
         self.log(f"cannot store {n} records ({exc}); {where}")
