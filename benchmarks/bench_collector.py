@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     base = statistics.median(results["null"])
     names = {
         "null": "null sink (socket, scan, checks)",
-        "store": "sealed store (default: SQLite in a second thread)",
+        "store": "sealed store (default: sealing and SQLite in threads of their own)",
         "store-1thread": "sealed store, everything in the collector thread",
         "store+rules": "sealed store + default rules",
         "null/json": "null sink, standard-library JSON parser",
