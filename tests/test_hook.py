@@ -437,3 +437,14 @@ def test_event_table_globs_exact_prefix_and_wildcards(tmp_path):
     recorded = {r["event"] for r in a.records if r.get("kind") == "event"}
     assert {n for n, action in table.items() if action == "record"} <= recorded
     assert not {n for n, action in table.items() if action == "ignore"} & recorded
+
+
+def test_event_names_are_written_alike_the_first_time_and_from_the_cache(tmp_path):
+    # The first record of a name encodes it; later ones copy the encoding the event
+    # table kept. Both must state the same name, whatever characters it holds.
+    names = ["plain.name", 'q"uo\\te', "tab\there", "é.ü.名", "ctl\x01\x1f", "x" * 256, "y" * 300]
+    code = "import sys\nfor name in %r:\n    for _ in range(3):\n        sys.audit(name, 1)\n"
+    a = run_audited(tmp_path, code % names)
+    for name in names:
+        recs = [r for r in a.records if r.get("event") == name]
+        assert len(recs) == 3, (name, len(recs))

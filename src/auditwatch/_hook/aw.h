@@ -106,6 +106,10 @@ typedef struct {
     int ndeny;        /* deny rules to test against the arguments */
     const int *deny;
     int scratch[AW_MAX_DENY];
+    /* "kind":"event","event":"NAME" as a record states it, made once per name the
+     * table caches (NULL otherwise): encoding the name was a tenth of the work of
+     * recording an event. */
+    const char *event_json;
 } aw_decision;
 
 /* Parse "action:glob,action:glob,..." (first match wins) in front of the defaults.
@@ -237,12 +241,15 @@ int aw_code_event(const char *event, PyObject *args, int action, const char **ru
  * An indicator (action flush and above) has left the process when this returns, and
  * so have the records of files read as code before it that were still being hashed:
  * an exec replaces the image. */
-void aw_record_decided(const char *event, PyObject *args, int action, const char *name,
-                       const char *rule, const aw_limits *lim);
+void aw_record_decided(const char *event, const char *event_json, PyObject *args, int action,
+                       const char *name, const char *rule, const aw_limits *lim);
 /* Format one event record into b without queueing it (GIL held): an aw_stamp, then
- * the JSON members from "kind" on. Queue it with AW_PUT_STAMPED. */
-void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
-                     const char *rule, const aw_limits *lim);
+ * the JSON members from "kind" on. Queue it with AW_PUT_STAMPED. event_json: the
+ * table's encoding of the name (aw_decision), or NULL to encode it here. */
+void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObject *args,
+                     const char *action, const char *rule, const aw_limits *lim);
+/* "kind":"event","event":NAME (and "event_len" for a name cut short) into b. */
+void aw_format_event_name(aw_buf *b, const char *event);
 /* Encode and queue one event record; returns the ticket (0 if dropped). */
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
                          int may_release_gil);

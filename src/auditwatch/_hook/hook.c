@@ -24,31 +24,27 @@ static long long interp_id(PyThreadState *ts) {
     return interp ? (long long)PyInterpreterState_GetID(interp) : -1;
 }
 
-static uint64_t aw_record_event_with(const char *event, PyObject *args, const char *action,
-                                     const char *rule, const aw_limits *lim, int may_release_gil);
+static uint64_t aw_record_event_with(const char *event, const char *event_json, PyObject *args,
+                                     const char *action, const char *rule, const aw_limits *lim,
+                                     int may_release_gil);
 
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
                          int may_release_gil) {
-    return aw_record_event_with(event, args, action, rule, &aw_default_limits, may_release_gil);
+    return aw_record_event_with(event, NULL, args, action, rule, &aw_default_limits,
+                                may_release_gil);
 }
 
-void aw_record_decided(const char *event, PyObject *args, int action, const char *name,
-                       const char *rule, const aw_limits *lim) {
+void aw_record_decided(const char *event, const char *event_json, PyObject *args, int action,
+                       const char *name, const char *rule, const aw_limits *lim) {
     int indicator = action >= AW_FLUSH;
     if (indicator)
         aw_hasher_drain();
-    uint64_t ticket = aw_record_event_with(event, args, name, rule, lim, 1);
+    uint64_t ticket = aw_record_event_with(event, event_json, args, name, rule, lim, 1);
     if (indicator)
         aw_flush_indicator(ticket);
 }
 
-void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *action,
-                     const char *rule, const aw_limits *lim) {
-    PyThreadState *ts = AW_TSTATE();
-    aw_stamp stamp = {aw_now_ns(), (int64_t)aw_gettid(), interp_id(ts)};
-    char *at = aw_buf_extend(b, sizeof stamp);
-    if (at)
-        memcpy(at, &stamp, sizeof stamp);
+void aw_format_event_name(aw_buf *b, const char *event) {
     aw_buf_puts(b, "\"kind\":\"event\",\"event\":");
     size_t n = strlen(event);
     aw_buf_cstr(b, event, n > MAX_EVENT_NAME ? MAX_EVENT_NAME : n);
@@ -56,6 +52,19 @@ void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *a
         aw_buf_puts(b, ",\"event_len\":");
         aw_buf_uint(b, n);
     }
+}
+
+void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObject *args,
+                     const char *action, const char *rule, const aw_limits *lim) {
+    PyThreadState *ts = AW_TSTATE();
+    aw_stamp stamp = {aw_now_ns(), (int64_t)aw_gettid(), interp_id(ts)};
+    char *at = aw_buf_extend(b, sizeof stamp);
+    if (at)
+        memcpy(at, &stamp, sizeof stamp);
+    if (event_json)
+        aw_buf_puts(b, event_json);
+    else
+        aw_format_event_name(b, event);
     aw_buf_puts(b, ",\"args\":");
     aw_encode_args(b, args, lim);
     aw_buf_puts(b, ",\"where\":");
@@ -69,13 +78,14 @@ void aw_format_event(aw_buf *b, const char *event, PyObject *args, const char *a
     }
 }
 
-static uint64_t aw_record_event_with(const char *event, PyObject *args, const char *action,
-                                     const char *rule, const aw_limits *lim, int may_release_gil) {
+static uint64_t aw_record_event_with(const char *event, const char *event_json, PyObject *args,
+                                     const char *action, const char *rule, const aw_limits *lim,
+                                     int may_release_gil) {
     aw_writer_ensure();
     char storage[2048];
     aw_buf b;
     aw_buf_init(&b, storage, sizeof storage);
-    aw_format_event(&b, event, args, action, rule, lim);
+    aw_format_event(&b, event, event_json, args, action, rule, lim);
     uint64_t ticket = 0;
     if (!b.oom)
         ticket = aw_ring_put(b.p, b.len,
@@ -123,8 +133,8 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     if (ts && PyErr_Occurred())
         PyErr_Fetch(&et, &ev, &etb);
 
-    aw_record_decided(event, args, action, ACTION_NAMES[action], action >= AW_DENY ? rule : NULL,
-                      &aw_default_limits);
+    aw_record_decided(event, d.event_json, args, action, ACTION_NAMES[action],
+                      action >= AW_DENY ? rule : NULL, &aw_default_limits);
 
     /* Leave the error state as we found it: an allocation that failed while making
      * the record (a frame object, a hash) must not surface as the event's error. */

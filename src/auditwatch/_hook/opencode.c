@@ -287,7 +287,7 @@ static int record_code_file(PyObject *exact, size_t size, const char *hex, int a
         PyErr_Clear();
         return action;
     }
-    aw_record_decided("auditwatch.open_code", args, action, NAMES[action],
+    aw_record_decided("auditwatch.open_code", NULL, args, action, NAMES[action],
                       action == AW_DENY ? rule : NULL, &aw_default_limits);
     Py_DECREF(args);
     return action;
@@ -318,7 +318,7 @@ static int queue_open_code(PyObject *exact, size_t size, char **data) {
     aw_writer_ensure();
     aw_buf b;
     aw_buf_init(&b, NULL, 0);
-    aw_format_event(&b, "auditwatch.open_code", args, "record", NULL, &aw_default_limits);
+    aw_format_event(&b, "auditwatch.open_code", NULL, args, "record", NULL, &aw_default_limits);
     Py_DECREF(args);
     /* The args array ends at the first `"],"where":` after the binary stamp (inside a
      * JSON string a quote is escaped): the placeholder is the 64 bytes before it. */
@@ -507,7 +507,8 @@ static void record_code_text(PyObject *source, PyObject *origin) {
     int action = table_action("auditwatch.code", &rule);
     if (action != AW_IGNORE) {
         static const char *NAMES[] = {"ignore", "record", "flush", "flush"};
-        aw_record_decided("auditwatch.code", args, action, NAMES[action], NULL, &code_limits);
+        aw_record_decided("auditwatch.code", NULL, args, action, NAMES[action], NULL,
+                          &code_limits);
     }
     Py_DECREF(args);
 }

@@ -38,6 +38,7 @@ typedef struct {
     const char *rule;
     int ndeny;
     int deny[AW_MAX_DENY]; /* deny rules naming this event (deny.c) */
+    char *json;            /* aw_decision.event_json */
 } slot;
 
 static entry entries[MAX_ENTRIES];
@@ -152,6 +153,16 @@ static int match(const char *event, const char **rule) {
     return AW_RECORD;
 }
 
+static char *name_json(const char *event) {
+    char storage[512];
+    aw_buf b;
+    aw_buf_init(&b, storage, sizeof storage);
+    aw_format_event_name(&b, event);
+    char *out = b.oom ? NULL : strndup(b.p, b.len);
+    aw_buf_free(&b);
+    return out;
+}
+
 static uint32_t hash_name(const char *s) {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (; *s; s++)
@@ -171,6 +182,7 @@ void aw_table_lookup(const char *event, aw_decision *d) {
             d->rule = slots[i].rule;
             d->ndeny = slots[i].ndeny;
             d->deny = slots[i].deny;
+            d->event_json = slots[i].json;
             return;
         }
     }
@@ -180,6 +192,7 @@ void aw_table_lookup(const char *event, aw_decision *d) {
     d->rule = rule_text;
     d->ndeny = aw_deny_candidates(event, d->scratch, AW_MAX_DENY);
     d->deny = d->scratch;
+    d->event_json = NULL;
     if (strlen(event) > 256)
         return; /* not worth a slot: hostile code can invent long names */
     pthread_mutex_lock(&insert_mu);
@@ -199,6 +212,7 @@ void aw_table_lookup(const char *event, aw_decision *d) {
             slots[i].rule = rule_text;
             slots[i].ndeny = d->ndeny;
             memcpy(slots[i].deny, d->scratch, sizeof slots[i].deny);
+            slots[i].json = name_json(event); /* NULL when out of memory: encoded per record */
             atomic_store_explicit(&slots[i].name, copy, memory_order_release);
             n_slots++;
         }
