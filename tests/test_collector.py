@@ -344,3 +344,37 @@ def test_spans_store_exactly_what_line_by_line_checks_store(harness):
     # span, only those (the others are not even parsed for it).
     assert wanted(picky[0]) == wanted(picky[1]) and len(wanted(picky[0])) > 1000
     assert picky[1] == fast[2] and len(picky[0]) < len(fast[2]) - 1000
+
+
+def test_sinks_that_fail_are_reported_and_the_others_get_every_record(harness):
+    class BadWants:  # wants_event itself fails: it gets none of a span's records
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        def wants_event(self, name: str) -> bool:
+            raise RuntimeError("wants_event broke")
+
+        def accept(self, raw: bytes, record: dict, peer: object) -> None:
+            self.got.append(record["seq"])
+
+    class BadAccept:  # accept fails: reported, at most once per span
+        def accept(self, raw: bytes, record: dict, peer: object) -> None:
+            raise RuntimeError("accept broke")
+
+    class Keeps:
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        def accept(self, raw: bytes, record: dict, peer: object) -> None:
+            self.got.append(record["seq"])
+
+    bad_wants, keeps = BadWants(), Keeps()
+    h = harness(sinks=[bad_wants, BadAccept(), keeps])
+    h.send(rec(1, "start"), *[rec(seq) for seq in range(2, 300)])
+    h.stop()
+    assert h.service.collector.span_records > 200  # most came as spans
+    seqs = list(range(1, 300))
+    assert [r["seq"] for r in h.records() if r["kind"] in ("start", "event")] == seqs
+    assert keeps.got == seqs
+    assert len(bad_wants.got) < 100  # only what came line by line
+    assert 2 <= h.service.collector.sink_errors < 200

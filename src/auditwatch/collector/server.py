@@ -330,7 +330,11 @@ class Collector:
         wanted = []
         for sink in sinks:
             wants = getattr(sink, "wants_event", None)
-            wanted.append([wants is None or bool(wants(name)) for name in span.events])
+            try:
+                wanted.append([wants is None or bool(wants(name)) for name in span.events])
+            except Exception:
+                wanted.append([False] * len(span.events))  # as if accept had failed
+                self._sink_failed(sink)
         needed = [any(column) for column in zip(*wanted)]
         if not any(needed):
             return
