@@ -112,6 +112,19 @@ typedef struct {
     const char *event_json;
 } aw_decision;
 
+/* ---- globs (glob.c) ------------------------------------------------------ */
+
+/* A glob decided as fnmatch(3) without flags decides it, plain names and a final
+ * '*' without calling it. text is the caller's and must outlive the aw_glob. */
+enum { AW_GLOB_EXACT, AW_GLOB_PREFIX, AW_GLOB_FNMATCH };
+typedef struct {
+    const char *text;
+    size_t fixed; /* AW_GLOB_PREFIX: the length before the '*' */
+    int kind;
+} aw_glob;
+void aw_glob_init(aw_glob *g, const char *text);
+int aw_glob_match(const aw_glob *g, const char *s);
+
 /* Parse "action:glob,action:glob,..." (first match wins) in front of the defaults.
  * Returns 0, or -1 with a message in err. */
 int aw_table_configure(const char *spec, char *err, size_t errlen);

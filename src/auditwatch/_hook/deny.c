@@ -17,7 +17,6 @@
 #include "aw.h"
 
 #include <arpa/inet.h>
-#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +34,7 @@ typedef struct {
     int arg, op;
     char *value;
     size_t len;
+    aw_glob glob; /* OP_GLOB */
     int family, bits; /* cidr */
     unsigned char net[16];
 } deny_test;
@@ -139,14 +139,8 @@ static int parse_test(deny_test *t, const char *s, size_t n, char *err, size_t e
         return -1;
     }
     t->len = strlen(t->value);
-    /* A glob whose one special character is a final '*' is a prefix test (without
-     * flags fnmatch lets '*' match '/' too), which spares fnmatch's conversion of
-     * both strings to wide characters on every check. */
-    if (t->op == OP_GLOB && t->len > 0 && strcspn(t->value, "*?[\\") == t->len - 1 &&
-        t->value[t->len - 1] == '*') {
-        t->op = OP_PREFIX;
-        t->value[--t->len] = '\0';
-    }
+    if (t->op == OP_GLOB)
+        aw_glob_init(&t->glob, t->value);
     return t->op == OP_CIDR ? parse_cidr(t, err, errlen) : 0;
 }
 
@@ -371,7 +365,7 @@ static int test_matches(const deny_test *t, PyObject *args) {
                 match = b.len >= t->len && memcmp(b.p, t->value, t->len) == 0;
                 break;
             case OP_GLOB:
-                match = fnmatch(t->value, b.p, 0) == 0;
+                match = aw_glob_match(&t->glob, b.p);
                 break;
             case OP_CIDR:
                 match = in_network(t, b.p);

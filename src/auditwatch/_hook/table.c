@@ -10,25 +10,16 @@
  */
 #include "aw.h"
 
-#include <fnmatch.h>
 #include <pthread.h>
 #include <string.h>
 
 #define MAX_ENTRIES 256
 #define SLOTS 4096 /* power of two */
 
-/* How an entry's glob is matched. Most are plain names or end in a single '*';
- * those are decided by strcmp or a prefix test. fnmatch() is kept for the rest: in
- * a UTF-8 locale it converts both strings to wide characters on every call, which
- * made deciding a new event name cost about 13,000 instructions at start-up. */
-enum { GLOB_EXACT, GLOB_PREFIX, GLOB_FNMATCH };
-
 typedef struct {
-    char *glob;
+    aw_glob glob;
     char *text; /* "deny:os.system", reported as the rule that decided */
     int action;
-    int kind;     /* GLOB_* */
-    size_t fixed; /* GLOB_PREFIX: the length before the '*' */
 } entry;
 
 typedef struct {
@@ -73,18 +64,6 @@ static const char DEFAULT_SPEC[] =
 
 const char *aw_table_default_spec(void) { return DEFAULT_SPEC; }
 
-/* GLOB_EXACT when no character is special to fnmatch, GLOB_PREFIX when only a final
- * '*' is (fnmatch without flags lets '*' match anything, '/' and '.' included). */
-static int glob_kind(const char *glob, size_t *fixed) {
-    size_t n = strcspn(glob, "*?[\\");
-    *fixed = n;
-    if (glob[n] == '\0')
-        return GLOB_EXACT;
-    if (glob[n] == '*' && glob[n + 1] == '\0')
-        return GLOB_PREFIX;
-    return GLOB_FNMATCH;
-}
-
 static int parse_action(const char *s, size_t n) {
     static const char *names[] = {"ignore", "record", "flush", "deny"};
     for (int i = 0; i < 4; i++)
@@ -118,13 +97,13 @@ static int add_spec(const char *spec, char *err, size_t errlen) {
             }
             entry *e = &entries[n_entries];
             e->text = strndup(p, n);
-            e->glob = strndup(colon + 1, (size_t)(p + n - colon - 1));
-            if (!e->text || !e->glob) {
+            char *glob = strndup(colon + 1, (size_t)(p + n - colon - 1));
+            if (!e->text || !glob) {
                 snprintf(err, errlen, "out of memory");
                 return -1;
             }
             e->action = action;
-            e->kind = glob_kind(e->glob, &e->fixed);
+            aw_glob_init(&e->glob, glob);
             n_entries++;
         }
         p = end ? end + 1 : p + n;
@@ -140,11 +119,7 @@ int aw_table_configure(const char *spec, char *err, size_t errlen) {
 
 static int match(const char *event, const char **rule) {
     for (int i = 0; i < n_entries; i++) {
-        const entry *e = &entries[i];
-        int hit = e->kind == GLOB_EXACT    ? strcmp(e->glob, event) == 0
-                  : e->kind == GLOB_PREFIX ? strncmp(e->glob, event, e->fixed) == 0
-                                           : fnmatch(e->glob, event, 0) == 0;
-        if (hit) {
+        if (aw_glob_match(&entries[i].glob, event)) {
             *rule = entries[i].text;
             return entries[i].action;
         }
