@@ -394,7 +394,9 @@ static const unsigned char *scan_plain(const unsigned char *p, int check_pid, in
 
 typedef struct {
     Py_ssize_t start, end, count;
-    size_t kinds_at; /* its lines' event indexes: items.kinds[kinds_at .. + count] */
+    /* Its lines' event indexes, items.kinds[kinds_at .. + count]: contiguous, since
+     * a plain line only ever extends the newest item. */
+    size_t kinds_at;
     Py_ssize_t run_at, run_len;
     Py_ssize_t ev_at[MAX_EVENTS], ev_len[MAX_EVENTS]; /* the distinct event names */
     int n_ev, last_ev;
@@ -524,7 +526,6 @@ fail:
 }
 
 static PyObject *build_list(const char *data, const items *it) {
-    /* A run's kinds are contiguous: a line joins only the newest item. */
     PyObject *list = PyList_New((Py_ssize_t)it->len);
     PyObject *run_str = NULL; /* the last run's str: consecutive runs often share it */
     const item *run_of = NULL;
