@@ -58,21 +58,23 @@ class StoreSink:
         self._queue: queue.Queue[SealedBatch | None] = queue.Queue(maxsize=depth)
         self._done = threading.Condition()
         self._rescuing = threading.Lock()  # the sealer and the writer may both need it
-        self._submitted = 0  # batches handed to the writer
-        self._written = 0  # batches the writer has finished (committed or failed)
+        self._submitted = 0  # batches handed to the sealer
+        self._written = 0  # batches finished with (committed or kept unstored)
         self.stored = 0
         self.failed = 0
-        self.threaded = threaded
-        self._thread = threading.Thread(
-            target=self._write_loop, args=(self._head,), name="auditwatch-store", daemon=True
-        )
-        self._thread.start()
-        self._sealer = None
+        self._threads: list[threading.Thread] = []
         if threaded:
-            self._sealer = threading.Thread(
-                target=self._seal_loop, name="auditwatch-seal", daemon=True
-            )
-            self._sealer.start()
+            self._threads = [
+                threading.Thread(target=self._seal_loop, name="auditwatch-seal", daemon=True),
+                threading.Thread(
+                    target=self._write_loop,
+                    args=(self._head,),
+                    name="auditwatch-store",
+                    daemon=True,
+                ),
+            ]
+            for thread in self._threads:
+                thread.start()
 
     # -- RecordSink ------------------------------------------------------------------
 
@@ -111,20 +113,15 @@ class StoreSink:
         self._submit()
         with self._done:
             target = self._submitted
-            while self._written < target and self._alive():
+            while self._written < target and all(t.is_alive() for t in self._threads):
                 self._done.wait(0.5)
-
-    def _alive(self) -> bool:
-        return self._thread.is_alive() and (self._sealer is None or self._sealer.is_alive())
 
     def close(self) -> None:
         self.flush()
-        if self._sealer is not None:
+        if self._threads:
             self._to_seal.put(None)  # the sealer passes it on to the writer
-            self._sealer.join()
-        else:
-            self._queue.put(None)
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     # -- internals ---------------------------------------------------------------
 
@@ -132,7 +129,7 @@ class StoreSink:
         if not self._pending:
             return
         items, self._pending, self._pending_records = self._pending, [], 0
-        if self._sealer is None:
+        if not self._threads:
             head = self._head
             batch = self._seal(items)
             if batch is not None:
