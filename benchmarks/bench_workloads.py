@@ -28,6 +28,9 @@ With --instructions the workloads are counted instead of timed: each (workload,
 mode) runs once under valgrind's callgrind, and again with the workload left out,
 and the difference is the workload's instructions, per thread. Counts do not move
 with machine load, so they resolve the few percent that wall clock cannot here.
+Start-ups are counted whole, once per way of running them, and `python -c pass` also
+with auditwatch's modules imported one by one and no hook installed (where the
+audited start-up's cost lies).
 
 Needs network access once (pip) for snaketrace and the more-itertools sdist, kept
 in benchmarks/_build.
@@ -228,19 +231,32 @@ def count_workloads(
     return results
 
 
-def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
-    """Wall-clock ms of whole processes, the hook installed the way users install it."""
+def startup_modes(tmp: str) -> dict[str, tuple[list[str], dict]]:
+    """How a start-up runs: plain, audited from site start-up, through the launcher."""
     launcher = Path(sys.executable).parent / "auditwatch-python"
     env = clean_env()
     env.pop("PYTHONPATH", None)
+    audited = dict(env, AUDITWATCH_SINK=f"file:{tmp}/records.jsonl")
+    return {
+        "python": ([sys.executable], env),
+        "audited from site": ([sys.executable], audited),
+        "auditwatch-python": ([str(launcher)], audited),
+    }
+
+
+# What the audited start-up imports, each step without auditing: where its cost is.
+IMPORT_STEPS = {
+    "import auditwatch": "import auditwatch",
+    "+ auditwatch.runtime": "import auditwatch.runtime",
+    "+ auditwatch._hook": "import auditwatch.runtime, auditwatch._hook",
+}
+
+
+def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
+    """Wall-clock ms of whole processes, the hook installed the way users install it."""
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        audited = dict(env, AUDITWATCH_SINK=f"file:{tmp}/records.jsonl")
-        modes = {
-            "python": ([sys.executable], env),
-            "audited from site": ([sys.executable], audited),
-            "auditwatch-python": ([str(launcher)], audited),
-        }
+        modes = startup_modes(tmp)
         for _ in range(rounds):
             cases = [(p, m) for p in PROGRAMS for m in modes]
             random.shuffle(cases)
@@ -255,6 +271,39 @@ def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
                 if os.path.exists(f"{tmp}/records.jsonl"):
                     os.unlink(f"{tmp}/records.jsonl")
     return results
+
+
+def count_startup() -> dict[tuple[str, str], tuple[int, int]]:
+    """Instructions of whole start-ups per way of running them, and of `python -c pass`
+    with auditwatch's modules imported but no hook installed."""
+    results: dict[tuple[str, str], tuple[int, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        modes = startup_modes(tmp)
+        for p, code in PROGRAMS.items():
+            for m, (argv, env) in modes.items():
+                results[(p, m)] = callgrind_counts([*argv, "-c", code], env, BUILD)
+                print(f"  {p} {m} counted", file=sys.stderr)
+        argv, env = modes["python"]
+        for step, code in IMPORT_STEPS.items():
+            results[("python -c pass", step)] = callgrind_counts([*argv, "-c", code], env, BUILD)
+            print(f"  {step} counted", file=sys.stderr)
+    return results
+
+
+def startup_count_table(res: dict[tuple[str, str], tuple[int, int]]) -> str:
+    rows = [
+        "| start-up | how | main thread | vs python | all threads | vs python |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for p in PROGRAMS:
+        base_main, base_all = res[(p, "python")]
+        for (q, how), (main, total) in res.items():
+            if q == p:
+                rows.append(
+                    f"| {p} | {how} | {main / 1e6:,.2f}M | {100 * (main / base_main - 1):+.1f} % "
+                    f"| {total / 1e6:,.2f}M | {100 * (total / base_all - 1):+.1f} % |"
+                )
+    return "\n".join(rows)
 
 
 def workload_table(res: dict[tuple[str, str], list[float]], workloads: list[str]) -> str:
@@ -342,7 +391,11 @@ def main() -> None:
     if args.instructions:
         print(f"Machine: {machine()}; instructions counted by valgrind --tool=callgrind.\n")
         modes = [m for m in MODES if m in {"none", "nullhook", *(args.mode or MODES)}]
-        print(count_table(count_workloads(workloads, modes), workloads, modes))
+        if workloads:
+            print(count_table(count_workloads(workloads, modes), workloads, modes))
+        if "startup" in chosen:
+            print()
+            print(startup_count_table(count_startup()))
         return
     print(f"Machine: {machine()}; {args.rounds} rounds, interleaved.\n")
     if workloads:
