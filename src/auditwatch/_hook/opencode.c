@@ -45,6 +45,12 @@
 #define AW_EXPORT __attribute__((visibility("default")))
 #define MAX_CODE_FILE ((size_t)1 << 30) /* refuse to hash more than 1 GiB */
 
+/* The "kind" and "event" members of this file's records, as aw_format_event_name
+ * writes them (the names need no escaping): every import makes one, at start-up
+ * hundreds. */
+#define OPEN_CODE_JSON "\"kind\":\"event\",\"event\":\"auditwatch.open_code\""
+#define CODE_JSON "\"kind\":\"event\",\"event\":\"auditwatch.code\""
+
 /* The table's action for an event name (arguments are not looked at here). */
 static int table_action(const char *event, const char **rule) {
     aw_decision d;
@@ -287,7 +293,7 @@ static int record_code_file(PyObject *exact, size_t size, const char *hex, int a
         PyErr_Clear();
         return action;
     }
-    aw_record_decided("auditwatch.open_code", NULL, args, action, NAMES[action],
+    aw_record_decided("auditwatch.open_code", OPEN_CODE_JSON, args, action, NAMES[action],
                       action == AW_DENY ? rule : NULL, &aw_default_limits);
     Py_DECREF(args);
     return action;
@@ -318,7 +324,8 @@ static int queue_open_code(PyObject *exact, size_t size, char **data) {
     aw_writer_ensure();
     aw_buf b;
     aw_buf_init(&b, NULL, 0);
-    aw_format_event(&b, "auditwatch.open_code", NULL, args, "record", NULL, &aw_default_limits);
+    aw_format_event(&b, "auditwatch.open_code", OPEN_CODE_JSON, args, "record", NULL,
+                    &aw_default_limits);
     Py_DECREF(args);
     /* The args array ends at the first `"],"where":` after the binary stamp (inside a
      * JSON string a quote is escaped): the placeholder is the 64 bytes before it. */
@@ -507,7 +514,7 @@ static void record_code_text(PyObject *source, PyObject *origin) {
     int action = table_action("auditwatch.code", &rule);
     if (action != AW_IGNORE) {
         static const char *NAMES[] = {"ignore", "record", "flush", "flush"};
-        aw_record_decided("auditwatch.code", NULL, args, action, NAMES[action], NULL,
+        aw_record_decided("auditwatch.code", CODE_JSON, args, action, NAMES[action], NULL,
                           &code_limits);
     }
     Py_DECREF(args);
