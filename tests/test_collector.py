@@ -378,3 +378,38 @@ def test_sinks_that_fail_are_reported_and_the_others_get_every_record(harness):
     assert keeps.got == seqs
     assert len(bad_wants.got) < 100  # only what came line by line
     assert 2 <= h.service.collector.sink_errors < 200
+
+
+def test_lines_of_a_span_no_sink_wants_are_not_parsed(harness, monkeypatch):
+    from auditwatch.collector import server
+
+    parsed: list[bytes] = []
+    parse = server.parse
+
+    def counting_parse(line: bytes) -> object:
+        parsed.append(line)
+        return parse(line)
+
+    monkeypatch.setattr(server, "parse", counting_parse)
+
+    class Imports:  # wants one event of the two
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        def wants_event(self, name: str) -> bool:
+            return name == "import"
+
+        def accept(self, raw: bytes, record: dict, peer: object) -> None:
+            self.got.append(record["seq"])
+
+    sink = Imports()
+    h = harness(sinks=[sink])
+    events = ["import" if seq % 3 == 0 else "open" for seq in range(300)]
+    h.send(rec(1, "start"), *[rec(seq, event=events[seq]) for seq in range(2, 300)])
+    h.stop()
+    assert h.service.collector.span_records > 200
+    imports = [seq for seq in range(2, 300) if events[seq] == "import"]
+    assert [seq for seq in sink.got if seq in imports] == imports
+    # Parsed: the imports, and lines that went line by line; not the spans' opens.
+    assert len(parsed) >= len(imports)
+    assert not [line for line in parsed if b'"open"' in line]
