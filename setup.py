@@ -27,9 +27,11 @@ from setuptools.command.build_py import build_py
 # distutils on every Python; 3.12+ has no distutils in the standard library).
 build_scripts = Distribution().get_command_class("build_scripts")
 
+# The native recorder is the top-level extension ``_auditwatch`` (sources in
+# auditwatch/_hook): an audited process imports it alone at start-up, not the package.
 HOOK_DIR = Path("src/auditwatch/_hook")
 # The collector's native loops. A separate extension because audited processes load
-# _hook and must not carry the collector's code; both compile the one SHA-256.
+# _auditwatch and must not carry the collector's code; both compile the one SHA-256.
 INGEST_DIR = Path("src/auditwatch/_ingest")
 SHA256 = [str(HOOK_DIR / "sha256.c")]
 
@@ -162,7 +164,7 @@ setup(
     scripts=[LAUNCHER_SOURCE],
     ext_modules=[
         Extension(
-            "auditwatch._hook",
+            "_auditwatch",
             sources=sorted(str(p) for p in HOOK_DIR.glob("*.c")),
             depends=[str(HOOK_DIR / "aw.h"), str(HOOK_DIR / "sha256.h")],
             extra_compile_args=CFLAGS,

@@ -167,18 +167,16 @@ def test_hostile_code_cannot_switch_enforcement_off(tmp_path, deny_spec):
         import gc, os, sys
         os.environ['AUDITWATCH_DENY'] = ''
         os.environ['AUDITWATCH_EVENTS'] = 'ignore:*'
-        import auditwatch, auditwatch.runtime
-        auditwatch.runtime.bootstrap = lambda: None
-        from auditwatch import _hook
-        for name in ('install',):
-            try:
-                getattr(_hook, name)('late', 'file:/dev/null', 'ignore:*', '', '')
-            except RuntimeError:
-                pass
+        import _auditwatch
+        try:
+            _auditwatch.install('late', 'file:/dev/null', 'ignore:*', '', '')
+        except RuntimeError:
+            pass
+        _auditwatch.bootstrap()  # again, with the environment changed: changes nothing
         for obj in gc.get_objects():
             if isinstance(obj, list) and obj and all(callable(x) for x in obj):
                 obj.clear()
-        sys.modules.pop('auditwatch._hook', None)
+        sys.modules.pop('_auditwatch', None)
         print(attempt())
         """
     )

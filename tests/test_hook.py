@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -180,9 +181,9 @@ def test_values_are_bounded_and_truncation_is_marked(tmp_path):
 
 
 def test_encoder_matches_the_hook(tmp_path):
-    from auditwatch import _hook
+    import _auditwatch
 
-    assert _hook.encode_args(("a", 1, None, True, 1.5, (2,))) == '["a",1,null,true,1.5,[2]]'
+    assert _auditwatch.encode_args(("a", 1, None, True, 1.5, (2,))) == '["a",1,null,true,1.5,[2]]'
 
 
 def _awkward_strings() -> list[str]:
@@ -212,14 +213,14 @@ def _awkward_strings() -> list[str]:
 def test_encoder_round_trips_awkward_strings_and_every_integer_width():
     import json
 
-    from auditwatch import _hook
+    import _auditwatch
 
     strings = _awkward_strings()
-    assert json.loads(_hook.encode_args(tuple(strings))) == strings
+    assert json.loads(_auditwatch.encode_args(tuple(strings))) == strings
     ints = [0, -1, 2**63 - 1, -(2**63)]
     for k in range(1, 19):  # 64-bit integers; wider ones are recorded as hex
         ints += [10**k - 1, 10**k, 10**k + 1, -(10**k), 3 * 10**k + 7]
-    assert json.loads(_hook.encode_args(tuple(ints))) == ints
+    assert json.loads(_auditwatch.encode_args(tuple(ints))) == ints
 
 
 def test_event_names_that_need_escaping_are_recorded_exactly(tmp_path):
@@ -263,12 +264,12 @@ def test_gc_walk_finds_nothing_to_disable_and_clearing_hook_lists_does_not_blind
 
 def test_hook_cannot_be_installed_twice_or_switched_off(tmp_path):
     code = """\
-        from auditwatch import _hook
+        import _auditwatch
         try:
-            _hook.install('late', 'file:/dev/null')
+            _auditwatch.install('late', 'file:/dev/null')
         except RuntimeError as e:
             print('refused:', e)
-        print(sorted(n for n in dir(_hook) if not n.startswith('__')))
+        print(sorted(n for n in dir(_auditwatch) if not n.startswith('__')))
     """
     a = run_audited(tmp_path, code)
     assert "refused: auditwatch is already recording this process" in a.proc.stdout
@@ -393,9 +394,10 @@ def test_late_start_records_say_late(tmp_path):
     assert records[-1]["kind"] == "exit"
 
 
-def test_auditing_from_site_start_up_loads_only_its_own_modules(tmp_path):
+def test_auditing_from_site_start_up_loads_only_the_extension(tmp_path):
     # Every audited process pays for what auditwatch imports at start-up: the
-    # __future__ module alone was 3 % of the instructions of `python -c pass`.
+    # package, runtime and the extension were 4 % of the instructions of
+    # `python -c pass`, the extension alone is under 2 % (docs/performance.md).
     import os
     import subprocess
 
@@ -407,7 +409,35 @@ def test_auditing_from_site_start_up_loads_only_its_own_modules(tmp_path):
     audited = run_audited(tmp_path, code)
     assert audited.kinds("start"), "the process was not audited"
     extra = set(audited.proc.stdout.split()) - set(plain.stdout.split())
-    assert extra == {"auditwatch", "auditwatch.runtime", "auditwatch._hook"}
+    assert extra == {"_auditwatch"}
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_an_extension_that_does_not_load_is_said_and_required_auditing_exits(tmp_path, required):
+    # auditwatch.pth run by site from a directory where `_auditwatch` is a module
+    # that fails to import, as a native module built for another Python would.
+    import os
+    import shutil
+    import subprocess
+
+    import auditwatch
+
+    shutil.copy(Path(auditwatch.__file__).parent.parent / "auditwatch.pth", tmp_path)
+    (tmp_path / "_auditwatch.py").write_text("raise ImportError('undefined symbol: Py_Nothing')\n")
+    code = f"import site, sys; sys.path.insert(0, {str(tmp_path)!r}); site.addsitedir({str(tmp_path)!r}); print('ran')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH")}
+    env["AUDITWATCH_SINK"] = f"file:{tmp_path}/records.jsonl"
+    env["PYTHONPATH"] = str(Path(auditwatch.__file__).parent.parent)
+    if required:
+        env["AUDITWATCH_REQUIRED"] = "1"
+    p = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True)
+    assert "NOT audited: cannot load the native hook (undefined symbol: Py_Nothing)" in p.stderr
+    if required:
+        assert p.returncode == 70 and "AUDITWATCH_REQUIRED=1, exiting" in p.stderr
+        assert "ran" not in p.stdout
+    else:
+        assert p.returncode == 0 and p.stdout.strip() == "ran"
+    assert not (tmp_path / "records.jsonl").exists()
 
 
 def test_event_table_globs_exact_prefix_and_wildcards(tmp_path):

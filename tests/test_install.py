@@ -41,6 +41,8 @@ def env_dir(tmp_path) -> Path:
     (target,) = (root / "lib").glob("python*/site-packages")
     shutil.copytree(site / "auditwatch", target / "auditwatch")
     shutil.copy2(site / "auditwatch.pth", target / "auditwatch.pth")
+    for native in site.glob("_auditwatch*.so"):  # the recorder: a top-level extension
+        shutil.copy2(native, target / native.name)
     shutil.copy2(launcher_path(), root / "bin" / "auditwatch-python")
     return root
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import arg_text, audit_env, launcher_path, read_records, run_audited, run_launched
 
 LAUNCHER = str(launcher_path())
-STATUS = "from auditwatch import _hook; print(_hook.status()['installed'])"
+STATUS = "import _auditwatch; print(_auditwatch.status()['installed'])"
 
 
 def test_launcher_is_installed_beside_python():
@@ -40,7 +40,7 @@ def test_startup_is_on_record_with_the_launcher(tmp_path):
 
 
 def test_startup_is_not_on_record_without_it(tmp_path):
-    a = run_audited(tmp_path, STATUS + "; import json; print(_hook.status()['open_code'])")
+    a = run_audited(tmp_path, STATUS + "; import json; print(_auditwatch.status()['open_code'])")
     assert a.proc.stdout.split() == ["site", "True"]
     assert {r["installed"] for r in a.records} == {"site"}
     assert "site" not in [arg_text(r["args"][0]) for r in a.events("import")]

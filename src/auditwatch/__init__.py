@@ -1,7 +1,8 @@
 """auditwatch: a flight recorder for Python processes, built on PEP 578 audit hooks.
 
-The code that runs inside an audited process (this module, ``runtime`` and the
-``_hook`` extension) imports only the standard library, and only when asked.
+The code that runs inside an audited process (the ``_auditwatch`` extension, and
+this module and ``runtime`` when a program starts recording itself) imports only
+the standard library, and only when asked.
 """
 
 __version__ = "0.1.0"

@@ -238,6 +238,18 @@ void aw_ring_register_atfork(void);
 int aw_install(const char *stage, const char *sink, const char *events, const char *options,
                const char *deny, char *err, size_t errlen);
 int aw_installed(void);
+/* The same from Python (module.c): proves the hook is called; 0, or -1 with an
+ * exception set. */
+int aw_install_probed(const char *how, const char *sink, const char *events, const char *options,
+                      const char *deny);
+
+/* ---- start-up (bootstrap.c) ------------------------------------------------ */
+
+PyObject *aw_bootstrap(PyObject *module, PyObject *noargs);
+/* The Python side of an installed recorder in this interpreter (os._exit, os.environ,
+ * the fork handler); idempotent. 0, or -1 with an exception set. */
+int aw_finish_interpreter(PyObject *module);
+PyObject *aw_after_fork_in_child(PyObject *module, PyObject *noargs);
 
 /* ---- the hook (hook.c) --------------------------------------------------- */
 

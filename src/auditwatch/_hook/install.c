@@ -1,6 +1,6 @@
 /* Installing the recorder: configuration from arguments or the environment, then
  * the hook. Needs no Python objects, so the launcher can call it before
- * Py_Initialize (through auditwatch_preinit) as well as the module after it. */
+ * Py_Initialize (bootstrap.c) as well as the module after it. */
 #include "aw.h"
 
 #include <errno.h>
@@ -141,9 +141,4 @@ int aw_install(const char *stage, const char *sink, const char *events, const ch
         return -3;
     }
     return 0;
-}
-
-/* For the launcher: install before Py_Initialize. Returns 0, or -1 with err set. */
-__attribute__((visibility("default"))) int auditwatch_preinit(char *err, size_t errlen) {
-    return aw_install("pre-init", NULL, NULL, NULL, NULL, err, errlen) == 0 ? 0 : -1;
 }

@@ -1,6 +1,8 @@
-/* auditwatch._hook: the Python binding of the native recorder.
+/* _auditwatch: the Python binding of the native recorder.
  *
- * Deliberately small: install once, read counters, flush, exit. There is no
+ * A top-level extension, not a submodule of the package, so that an audited process
+ * starts with one import (bootstrap.c). Deliberately small: install once, read
+ * counters, flush, exit. There is no
  * function to stop recording, change the event table or remove the hook: once
  * installed, nothing inside the process can switch it off from Python.
  */
@@ -17,30 +19,21 @@ unsigned long long aw_hook_reentrant(void);
 unsigned long long aw_hook_denied(void);
 
 
-static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) {
-    (void)self;
-    static char *kwlist[] = {"installed", "sink", "events", "options", "deny", NULL};
-    const char *how = "late", *sink = NULL, *events = NULL, *options = NULL, *deny = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|szzzz:install", kwlist, &how, &sink, &events,
-                                     &options, &deny))
-        return NULL;
+/* Install and prove that the hook is called: 0, or -1 with a Python exception set. */
+int aw_install_probed(const char *how, const char *sink, const char *events, const char *options,
+                      const char *deny) {
     if (aw_installed()) {
         PyErr_Format(PyExc_RuntimeError, "auditwatch is already recording this process (run %s)",
                      aw_proc.run);
-        return NULL;
-    }
-    if (strcmp(how, "site") != 0 && strcmp(how, "late") != 0) {
-        PyErr_Format(PyExc_ValueError, "installed must be 'site' or 'late', not '%.50s'", how);
-        return NULL;
+        return -1;
     }
     char err[512] = "";
-    int rc = aw_install(strcmp(how, "site") == 0 ? "site" : "late", sink, events, options, deny,
-                        err, sizeof err);
+    int rc = aw_install(how, sink, events, options, deny, err, sizeof err);
     if (rc == -3)
-        return NULL; /* another hook refused: its exception is set */
+        return -1; /* another hook refused: its exception is set */
     if (rc < 0) {
         PyErr_Format(rc == -2 ? PyExc_RuntimeError : PyExc_ValueError, "auditwatch: %s", err);
-        return NULL;
+        return -1;
     }
     /* PySys_AddAuditHook returns success when an existing hook refuses it with a
      * RuntimeError: prove that ours is called before saying it is installed. */
@@ -48,14 +41,30 @@ static PyObject *hook_install(PyObject *self, PyObject *args, PyObject *kwargs) 
     int probe = PySys_Audit("auditwatch.install", "s", aw_proc.installed);
     atomic_store(&aw_probing, 0);
     if (probe < 0)
-        return NULL;
+        return -1;
     if (!atomic_load(&aw_probe_seen)) {
         atomic_store(&aw_proc.active, 0);
         PyErr_SetString(PyExc_RuntimeError,
                         "auditwatch: another audit hook refused the installation of auditwatch's "
                         "hook; install auditwatch before it (site start-up or the launcher)");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *hook_install(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"installed", "sink", "events", "options", "deny", NULL};
+    const char *how = "late", *sink = NULL, *events = NULL, *options = NULL, *deny = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|szzzz:install", kwlist, &how, &sink, &events,
+                                     &options, &deny))
+        return NULL;
+    if (strcmp(how, "site") != 0 && strcmp(how, "late") != 0) {
+        PyErr_Format(PyExc_ValueError, "installed must be 'site' or 'late', not '%.50s'", how);
         return NULL;
     }
+    if (aw_install_probed(strcmp(how, "site") == 0 ? "site" : "late", sink, events, options, deny) < 0 ||
+        aw_finish_interpreter(module) < 0)
+        return NULL;
     return PyUnicode_FromString(aw_proc.run);
 }
 
@@ -108,14 +117,6 @@ static PyObject *hook_exit(PyObject *self, PyObject *arg) {
     _exit((int)code);
 }
 
-static PyObject *hook_begin_child(PyObject *self, PyObject *noargs) {
-    (void)self, (void)noargs;
-    /* After os.fork() in the child: make the run (id, writer, start record) now. */
-    if (aw_installed())
-        aw_writer_ensure();
-    return PyUnicode_FromString(aw_proc.run);
-}
-
 static PyObject *hook_encode_args(PyObject *self, PyObject *args) {
     (void)self;
     /* Exposes the encoder to tests: the same code the hook runs on event arguments. */
@@ -139,13 +140,16 @@ static PyMethodDef methods[] = {
     {"install", (PyCFunction)(void (*)(void))hook_install, METH_VARARGS | METH_KEYWORDS,
      "install(installed='late', sink=None, events=None, options=None, deny=None) -> run id\n\n"
      "Register the native audit hook. None takes the value from the environment\n"
-     "(AUDITWATCH_SINK, _EVENTS, _OPTIONS, _DENY). Once per process."},
+     "(AUDITWATCH_SINK, _EVENTS, _OPTIONS, _DENY). Once per process. Then os._exit\n"
+     "leaves an exit record, and os.environ and forked children carry the run."},
     {"status", hook_status, METH_NOARGS, "Counters of the recorder (a new dict each call)."},
     {"flush", hook_flush, METH_VARARGS,
      "flush(timeout=5.0) -> bool: wait until every record so far has left the process."},
     {"exit", hook_exit, METH_O, "exit(code): write the exit record, then _exit(code)."},
-    {"begin_child", hook_begin_child, METH_NOARGS,
-     "begin_child() -> run id: start the forked child's own run now."},
+    {"bootstrap", aw_bootstrap, METH_NOARGS,
+     "bootstrap(): what auditwatch.pth runs at site start-up when auditing is asked for."},
+    {"_after_fork_in_child", aw_after_fork_in_child, METH_NOARGS,
+     "Registered with os.register_at_fork: the forked child starts its own run."},
     {"encode_args", hook_encode_args, METH_VARARGS,
      "encode_args(tuple) -> str: the JSON the hook would record for these arguments."},
     {"default_events", hook_default_events, METH_NOARGS,
@@ -165,12 +169,12 @@ static PyModuleDef_Slot slots[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "auditwatch._hook",
+    PyModuleDef_HEAD_INIT, "_auditwatch",
     "Native core of auditwatch: the audit hook, argument encoding, ring and writer thread.", 0,
     methods, slots, NULL, NULL, NULL,
 };
 
 /* Exported explicitly: before 3.9 PyMODINIT_FUNC does not override -fvisibility=hidden. */
-__attribute__((visibility("default"))) PyMODINIT_FUNC PyInit__hook(void) {
+__attribute__((visibility("default"))) PyMODINIT_FUNC PyInit__auditwatch(void) {
     return PyModuleDef_Init(&module);
 }

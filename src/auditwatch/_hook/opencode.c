@@ -2,10 +2,7 @@
  * script, and the policies that need more than an event-table entry (verified code
  * from a manifest, interactive start-up).
  *
- * Three entry points:
- *  - auditwatch_preinit_config() / auditwatch_opencode_setup(): exported (default
- *    visibility) for the launcher, which dlopens this extension and calls them
- *    before Py_Initialize.
+ * Two entry points (the launcher sets the hook up through bootstrap.c):
  *  - aw_opencode_hook(): the PyFile_SetOpenCodeHook hook. CPython calls it for every
  *    file read as code (importlib's source and bytecode reads, zipimport archives,
  *    .pth files in site, runpy). It reads the file in C, hashes it, records
@@ -42,7 +39,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define AW_EXPORT __attribute__((visibility("default")))
 #define MAX_CODE_FILE ((size_t)1 << 30) /* refuse to hash more than 1 GiB */
 
 /* The "kind" and "event" members of this file's records, as aw_format_event_name
@@ -423,19 +419,6 @@ int aw_opencode_install(const char *manifest_file, char *err, size_t errlen) {
 }
 
 int aw_opencode_installed(void) { return atomic_load(&opencode_set); }
-
-/* ---- for the launcher (dlsym) ----------------------------------------------------- */
-
-/* Like auditwatch_preinit, with the configuration given (each NULL = from the
- * environment: AUDITWATCH_SINK, _EVENTS, _OPTIONS, _DENY). */
-AW_EXPORT int auditwatch_preinit_config(const char *sink, const char *events, const char *options,
-                                        const char *deny, char *err, size_t errlen) {
-    return aw_install("pre-init", sink, events, options, deny, err, errlen) == 0 ? 0 : -1;
-}
-
-AW_EXPORT int auditwatch_opencode_setup(const char *manifest_file, char *err, size_t errlen) {
-    return aw_opencode_install(manifest_file, err, errlen);
-}
 
 /* ---- compiled texts ------------------------------------------------------------------ */
 

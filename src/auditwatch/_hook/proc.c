@@ -80,8 +80,15 @@ static void build_prefix(void) {
                                       aw_proc.run, (int)aw_proc.pid, aw_proc.installed);
 }
 
-/* Children inherit the link to this run through the environment. */
-static void export_run(void) { setenv("AUDITWATCH_PARENT_RUN", aw_proc.run, 1); }
+/* Children inherit the link to this run through the environment. The pid says that
+ * this process has the extension loaded: auditwatch.pth in a subinterpreter, or
+ * after the launcher, imports it directly instead of guarding a first load. */
+static void export_run(void) {
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    setenv("AUDITWATCH_PARENT_RUN", aw_proc.run, 1);
+    setenv("AUDITWATCH_LOADED_PID", pid, 1);
+}
 
 /* ---- start record -------------------------------------------------------------- */
 

@@ -20,8 +20,8 @@ def _probe(python: Path, env: dict[str, str]) -> dict:
     program = (
         "import json, sys\n"
         "try:\n"
-        "    from auditwatch import _hook\n"
-        "    s = _hook.status()\n"
+        "    import _auditwatch\n"
+        "    s = _auditwatch.status()\n"
         "except Exception as e:\n"
         "    s = {'installed': None, 'error': str(e)}\n"
         "print(json.dumps({'installed': s.get('installed'), 'error': s.get('error'),"
@@ -50,9 +50,9 @@ def diagnose(root: Path) -> dict:
     probe = _probe(python, env) if python.exists() else {"installed": None}
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("AUDITWATCH_")}
     try:
-        from auditwatch import _hook
+        import _auditwatch
 
-        this_process = _hook.status().get("installed")
+        this_process = _auditwatch.status().get("installed")
     except ImportError:
         this_process = None
     if python_is_launcher and config.exists():

@@ -3,25 +3,25 @@
  *
  * 1. Find the environment's auditwatch extension relative to this executable
  *    (/proc/self/exe): PREFIX/bin/<this> -> PREFIX/lib{,64}/pythonX.Y/site-packages/
- *    auditwatch/_hook*.so. PREFIX is a virtual environment or an installation prefix.
+ *    _auditwatch*.so. PREFIX is a virtual environment or an installation prefix.
  * 2. Decide whether to audit: AUDITWATCH_SINK in the environment (as for `python`
  *    with the .pth bootstrap), else PREFIX/auditwatch.conf written by
  *    `auditwatch install`. With a config the launcher never runs unaudited: anything
  *    that stops the hook (no extension, bad config, a refused manifest) exits with
  *    status 70. With neither, it warns on stderr and runs as plain `python`
  *    (AUDITWATCH_REQUIRED=1 makes that an error too).
- * 3. dlopen the extension RTLD_GLOBAL: the interpreter's later
- *    `import auditwatch._hook` finds the same loaded copy (same file), so the module
- *    sees the recorder this launcher started and the bootstrap does not install twice.
- * 4. auditwatch_preinit_config() registers the audit hook (records say
- *    installed: pre-init), auditwatch_opencode_setup() the open-code hook.
+ * 3. dlopen the extension RTLD_GLOBAL: the interpreter's later `import _auditwatch`
+ *    finds the same loaded copy (same file), so the module sees the recorder this
+ *    launcher started and the bootstrap does not install twice.
+ * 4. auditwatch_preinit_launcher() reads the config (as the .pth bootstrap does),
+ *    registers the audit hook (records say installed: pre-init) and the open-code
+ *    hook.
  * 5. Py_BytesMain(argc, argv): from here on this is `python` (options, -c, -m,
  *    scripts, stdin, the REPL, exit status, signals). sys.executable is this file.
  */
 #include <Python.h>
 
 #include <dlfcn.h>
-#include <errno.h>
 #include <glob.h>
 #include <limits.h>
 #include <stdio.h>
@@ -35,8 +35,7 @@
 #define STR(x) STR2(x)
 #define PYVER STR(PY_MAJOR_VERSION) "." STR(PY_MINOR_VERSION)
 
-typedef int (*preinit_fn)(const char *, const char *, const char *, const char *, char *, size_t);
-typedef int (*opencode_fn)(const char *, char *, size_t);
+typedef int (*preinit_fn)(const char *, char *, size_t);
 
 static void fail(const char *fmt, const char *a, const char *b) {
     fprintf(stderr, "auditwatch-python: ");
@@ -70,7 +69,7 @@ static int find_hook(const char *prefix, char *out, size_t n) {
     static const char *libs[] = {"lib", "lib64"};
     for (size_t i = 0; i < sizeof libs / sizeof *libs; i++) {
         char pattern[PATH_MAX + 128];
-        snprintf(pattern, sizeof pattern, "%s/%s/python" PYVER "/site-packages/auditwatch/_hook*.so",
+        snprintf(pattern, sizeof pattern, "%s/%s/python" PYVER "/site-packages/_auditwatch*.so",
                  prefix, libs[i]);
         glob_t g;
         if (glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0) {
@@ -85,60 +84,6 @@ static int find_hook(const char *prefix, char *out, size_t n) {
         }
     }
     return -1;
-}
-
-/* ---- PREFIX/auditwatch.conf: "key = value" lines, '#' comments -------------------- */
-
-typedef struct {
-    char *sink, *events, *options, *deny, *manifest;
-} config;
-
-static char *trim(char *s) {
-    while (*s == ' ' || *s == '\t')
-        s++;
-    char *end = s + strlen(s);
-    while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
-        *--end = '\0';
-    return s;
-}
-
-static void read_config(const char *path, config *c) {
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        fail("cannot read %s: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    int lineno = 0;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *s = trim(line);
-        if (*s == '\0' || *s == '#')
-            continue;
-        char *eq = strchr(s, '=');
-        if (eq == NULL) {
-            char where[32];
-            snprintf(where, sizeof where, "%d", lineno);
-            fail("%s:%s: expected KEY = VALUE", path, where);
-        }
-        *eq = '\0';
-        char *key = trim(s), *value = trim(eq + 1);
-        char **slot = strcmp(key, "sink") == 0       ? &c->sink
-                      : strcmp(key, "events") == 0   ? &c->events
-                      : strcmp(key, "options") == 0  ? &c->options
-                      : strcmp(key, "deny") == 0     ? &c->deny
-                      : strcmp(key, "manifest") == 0 ? &c->manifest
-                                                     : NULL;
-        if (slot == NULL)
-            continue; /* other keys are for the tools (doctor, uninstall) */
-        free(*slot);
-        *slot = strdup(value);
-        if (*slot == NULL)
-            fail("%s: %s", path, "out of memory");
-    }
-    free(line);
-    fclose(f);
-    if (c->sink == NULL || c->sink[0] == '\0')
-        fail("%s: no sink = ... line%s", path, "");
 }
 
 int main(int argc, char **argv) {
@@ -167,35 +112,18 @@ int main(int argc, char **argv) {
     char hook[PATH_MAX];
     if (find_hook(prefix, hook, sizeof hook) < 0)
         fail("auditwatch's extension is not installed in %s (looked for "
-             "lib/python" PYVER "/site-packages/auditwatch/_hook*.so)%s",
+             "lib/python" PYVER "/site-packages/_auditwatch*.so)%s",
              prefix, "");
     void *lib = dlopen(hook, RTLD_NOW | RTLD_GLOBAL);
     if (lib == NULL)
         fail("cannot load %s: %s", hook, dlerror());
-    preinit_fn preinit = (preinit_fn)dlsym(lib, "auditwatch_preinit_config");
-    opencode_fn opencode = (opencode_fn)dlsym(lib, "auditwatch_opencode_setup");
-    if (preinit == NULL || opencode == NULL)
-        fail("%s is not a matching auditwatch extension (%s)", hook, "missing entry points");
-
-    config c = {NULL, NULL, NULL, NULL, NULL};
-    const char *manifest = NULL;
-    if (env_sink != NULL) {
-        manifest = getenv("AUDITWATCH_MANIFEST");
-    } else {
-        read_config(conf_path, &c);
-        /* With a config the environment is not consulted: a missing key is empty. */
-        c.events = c.events ? c.events : "";
-        c.options = c.options ? c.options : "";
-        c.deny = c.deny ? c.deny : "";
-        manifest = c.manifest;
-    }
+    preinit_fn preinit = (preinit_fn)dlsym(lib, "auditwatch_preinit_launcher");
+    if (preinit == NULL)
+        fail("%s is not a matching auditwatch extension (%s)", hook, "missing entry point");
     char err[1024] = "";
-    /* NULL arguments: the environment (AUDITWATCH_SINK/EVENTS/OPTIONS/DENY). */
-    if (preinit(c.sink, c.events, c.options, c.deny, err, sizeof err) < 0)
+    /* With a config the environment is not consulted; without, NULL: the environment
+     * (AUDITWATCH_SINK, _EVENTS, _OPTIONS, _DENY, _MANIFEST). */
+    if (preinit(env_sink != NULL ? NULL : conf_path, err, sizeof err) < 0)
         fail("%s%s", err, "");
-    if (opencode(manifest, err, sizeof err) < 0)
-        fail("%s%s", err, "");
-    /* The configuration strings are copied by the recorder; keep them anyway: the
-     * process is about to become the interpreter and they are small. */
     return Py_BytesMain(argc, argv);
 }
