@@ -56,6 +56,7 @@ from run import (
     callgrind_counts,
     clean_env,
     machine,
+    pth_venvs,
     summarize,
 )
 
@@ -244,12 +245,8 @@ def startup_modes(tmp: str) -> dict[str, tuple[list[str], dict]]:
     }
 
 
-# What the audited start-up imports, each step without auditing: where its cost is.
-IMPORT_STEPS = {
-    "import auditwatch": "import auditwatch",
-    "+ auditwatch.runtime": "import auditwatch.runtime",
-    "+ auditwatch._hook": "import auditwatch.runtime, auditwatch._hook",
-}
+# What the audited start-up imports, without auditing: where its cost is.
+IMPORT_STEPS = {"import _auditwatch": "import _auditwatch"}
 
 
 def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
@@ -287,6 +284,12 @@ def count_startup() -> dict[tuple[str, str], tuple[int, int]]:
         for step, code in IMPORT_STEPS.items():
             results[("python -c pass", step)] = callgrind_counts([*argv, "-c", code], env, BUILD)
             print(f"  {step} counted", file=sys.stderr)
+        # What the .pth line costs every process of the environment, audited or not.
+        for how, venv in pth_venvs().items():
+            python = str(venv / "bin" / "python")
+            results[("python -c pass", f"empty venv, {how}")] = callgrind_counts(
+                [python, "-c", "pass"], env, BUILD
+            )
     return results
 
 

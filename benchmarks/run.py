@@ -221,8 +221,9 @@ def count_table(res: dict[str, tuple[float, float]]) -> str:
     return "\n".join(rows)
 
 
-def bench_startup(rounds: int, runs: int) -> dict[str, list[float]]:
-    """Milliseconds for `python -c pass`: bare venv, venv with auditwatch.pth, audited."""
+def pth_venvs() -> dict[str, Path]:
+    """Two empty virtual environments of this Python, "with-pth" holding this build's
+    auditwatch.pth only: what every process of an environment pays for the line."""
     import auditwatch
 
     pth = Path(auditwatch.__file__).resolve().parent.parent / "auditwatch.pth"
@@ -236,6 +237,12 @@ def bench_startup(rounds: int, runs: int) -> dict[str, list[float]]:
         venvs[name] = venv
     site = next((venvs["with-pth"] / "lib").glob("python*/site-packages"))
     shutil.copyfile(pth, site / "auditwatch.pth")
+    return venvs
+
+
+def bench_startup(rounds: int, runs: int) -> dict[str, list[float]]:
+    """Milliseconds for `python -c pass`: bare venv, venv with auditwatch.pth, audited."""
+    venvs = pth_venvs()
     env = clean_env()
     env.pop("PYTHONPATH")
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,9 +297,10 @@ def startup_instructions() -> dict[str, int] | None:
         return None
     env = clean_env()
     env.pop("PYTHONPATH")
+    venvs = pth_venvs()
     cases = {
-        "bare venv": BUILD / "venv-bare" / "bin/python",
-        "bootstrap not asked": BUILD / "venv-with-pth" / "bin/python",
+        "bare venv": venvs["bare"] / "bin/python",
+        "bootstrap not asked": venvs["with-pth"] / "bin/python",
     }
     return {
         name: callgrind_counts([str(python), "-c", "pass"], env, BUILD)[1]
