@@ -244,6 +244,44 @@ def test_flush_waits_for_files_still_being_hashed(tmp_path):
     assert rec["args"][2] == sha(big.read_bytes())
 
 
+def test_files_read_as_code_are_their_bytes_and_are_let_go(tmp_path):
+    # In the main interpreter a regular file is read straight into the bytes Python
+    # gets, and the hasher holds a reference to them until the hash is made: what
+    # Python reads must be the file, and the references must be given back (flush
+    # waits for the hashes and gives them back). A FIFO takes the other path: a
+    # growing buffer.
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (32 << 10))
+    fifo = tmp_path / "code.fifo"
+    code = f"""\
+        import io, os, tracemalloc
+        import auditwatch.runtime as r
+        want = open({str(big)!r}, 'rb').read()
+        tracemalloc.start()
+        for _ in range(60):
+            with io.open_code({str(big)!r}) as f:
+                assert f.read() == want
+        assert r.flush()
+        print(tracemalloc.get_traced_memory()[0] >> 20)
+        os.mkfifo({str(fifo)!r})
+        if os.fork() == 0:
+            with open({str(fifo)!r}, 'wb') as w:
+                w.write(b'print(1)' * 10000)
+            os._exit(0)
+        with io.open_code({str(fifo)!r}) as f:
+            print(f.read() == b'print(1)' * 10000)
+        os.wait()
+    """
+    a = run_audited(tmp_path, code)
+    held_mib, fifo_ok = a.proc.stdout.split()
+    assert fifo_ok == "True"
+    assert int(held_mib) < 8, f"{held_mib} MiB still held after flush: the read files are kept"
+    records = [r for r in a.events("auditwatch.open_code") if arg_text(r["args"][0]) == str(big)]
+    assert len(records) == 60 and {r["args"][2] for r in records} == {sha(big.read_bytes())}
+    (f,) = [r for r in a.events("auditwatch.open_code") if arg_text(r["args"][0]) == str(fifo)]
+    assert f["args"][1:] == [80000, sha(b"print(1)" * 10000)]
+
+
 def test_code_compiled_under_a_shared_name_lists_every_candidate_text(tmp_path):
     # A code object names the filename it was compiled under, not its text: the
     # texts its process run compiled under that name are all candidates (the -c

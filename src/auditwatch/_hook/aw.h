@@ -222,8 +222,14 @@ int aw_ring_locks_held(void);
 void aw_lock(pthread_mutex_t *m);
 void aw_unlock(pthread_mutex_t *m);
 /* Hashing files read as code off the importing thread (hasher.c). submit takes
- * ownership of record and data when it returns 0. */
-int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size);
+ * ownership of record when it returns 0, and of data when keep is NULL; else data
+ * is keep's buffer, and keep gets a reference (GIL held) that aw_hasher_release
+ * gives back once the hash is made (GIL held, main interpreter). */
+int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
+                     PyObject *keep);
+void aw_hasher_release(void);
+/* The calling thread runs the main interpreter (opencode.c). */
+int aw_in_main_interpreter(void);
 void aw_hasher_drain(void);
 void aw_hasher_atfork_prepare(void);
 void aw_hasher_atfork_parent(void);

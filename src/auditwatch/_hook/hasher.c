@@ -7,7 +7,12 @@
  * to this thread, which hashes them, writes the hash in and queues the record. The
  * record keeps the time of the read; it reaches the ring a little later than the
  * events after it. The exit record waits for the queue to empty (aw_hasher_drain).
- * Needs no GIL: it holds no Python object. */
+ *
+ * Needs no GIL. In the main interpreter the bytes are the buffer of the `bytes`
+ * object handed to Python (no copy); the job holds a reference to it, taken and
+ * given back only with the GIL: a finished job waits on the done list until the
+ * main interpreter's next open-code hook (aw_hasher_release). Elsewhere the job owns
+ * a malloc'ed copy. */
 #include "aw.h"
 
 #include <errno.h>
@@ -27,23 +32,19 @@ typedef struct job {
     size_t len, hex_at;
     char *data;    /* the bytes that were handed to Python */
     size_t size;
+    PyObject *keep; /* data's owner (a bytes object), or NULL: data is malloc'ed */
 } job;
 
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t work, idle;
     job *head, *tail;
+    job *done;           /* finished jobs whose `keep` needs the GIL to be released */
     size_t queued_bytes; /* of the jobs not yet in the ring */
     size_t unfinished;   /* jobs not yet in the ring, the one being hashed included */
     int running;
 } H = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-       NULL, NULL, 0, 0, 0};
-
-static void free_job(job *j) {
-    free(j->record);
-    free(j->data);
-    free(j);
-}
+       NULL, NULL, NULL, 0, 0, 0};
 
 static void *hasher_main(void *arg) {
     (void)arg;
@@ -64,11 +65,19 @@ static void *hasher_main(void *arg) {
         aw_sha256_hex(j->data, j->size, hex);
         memcpy(j->record + j->hex_at, hex, 64);
         aw_ring_put(j->record, j->len, AW_PUT_STAMPED); /* from aw_format_event */
-        size_t size = j->size;
-        free_job(j);
+        free(j->record);
+        if (j->keep == NULL) {
+            free(j->data);
+        }
 
         pthread_mutex_lock(&H.mu);
-        H.queued_bytes -= size;
+        H.queued_bytes -= j->size;
+        if (j->keep != NULL) {
+            j->next = H.done;
+            H.done = j;
+        } else {
+            free(j);
+        }
         if (--H.unfinished == 0)
             pthread_cond_broadcast(&H.idle);
     }
@@ -81,7 +90,7 @@ static void *hasher_main(void *arg) {
 void aw_hasher_atfork_prepare(void) { aw_lock(&H.mu); }
 void aw_hasher_atfork_parent(void) { aw_unlock(&H.mu); }
 void aw_hasher_atfork_child(void) {
-    H.head = H.tail = NULL;
+    H.head = H.tail = H.done = NULL; /* the references are the parent's too: leaked */
     H.queued_bytes = H.unfinished = 0;
     H.running = 0;
     pthread_mutex_unlock(&H.mu); /* the ring's child handler resets the lock count */
@@ -89,13 +98,14 @@ void aw_hasher_atfork_child(void) {
     pthread_cond_init(&H.idle, NULL);
 }
 
-int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size) {
+int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
+                     PyObject *keep) {
     if (hex_at + 64 > len)
         return -1;
     job *j = malloc(sizeof *j);
     if (j == NULL)
         return -1;
-    *j = (job){NULL, record, len, hex_at, data, size};
+    *j = (job){NULL, record, len, hex_at, data, size, keep};
     aw_lock(&H.mu);
     if (H.queued_bytes + size > QUEUE_MAX) {
         aw_unlock(&H.mu);
@@ -124,9 +134,23 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
     H.tail = j;
     H.queued_bytes += size;
     H.unfinished++;
+    Py_XINCREF(keep); /* the GIL is held: the caller is the open-code hook */
     pthread_cond_signal(&H.work);
     aw_unlock(&H.mu);
     return 0;
+}
+
+void aw_hasher_release(void) {
+    aw_lock(&H.mu);
+    job *done = H.done;
+    H.done = NULL;
+    aw_unlock(&H.mu);
+    while (done != NULL) {
+        job *next = done->next;
+        Py_DECREF(done->keep);
+        free(done);
+        done = next;
+    }
 }
 
 void aw_hasher_drain(void) {

@@ -100,6 +100,8 @@ static PyObject *hook_flush(PyObject *self, PyObject *args) {
     /* A flush marker: every record queued before it has left once it has, the
      * records of files read as code that were still being hashed included. */
     aw_hasher_drain();
+    if (aw_in_main_interpreter())
+        aw_hasher_release();
     uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL, 1);
     int rc = aw_ring_flush(ticket, timeout, 1);
     return PyBool_FromLong(rc == 0);

@@ -219,31 +219,39 @@ static int read_all(int fd, size_t hint, size_t max, char **data, size_t *size) 
     return rc;
 }
 
-/* Read a whole regular file; 0, or an errno value. Runs without the GIL. */
-static int read_file(const char *path, char **data, size_t *size) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+/* Open a file to read as code: 0 with *fd and *st, or an errno value. */
+static int open_code_file(const char *path, int *fd, struct stat *st) {
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
         return errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = errno;
-        close(fd);
-        return e;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        return EISDIR;
-    }
-    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > MAX_CODE_FILE) {
-        close(fd);
-        return EFBIG;
-    }
-    size_t hint = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
-    int rc = read_all(fd, hint, MAX_CODE_FILE, data, size);
-    close(fd);
-    if (rc == EFBIG)
-        free(*data);
+    int rc = fstat(*fd, st) < 0                                            ? errno
+             : S_ISDIR(st->st_mode)                                        ? EISDIR
+             : S_ISREG(st->st_mode) && (uint64_t)st->st_size > MAX_CODE_FILE ? EFBIG
+                                                                           : 0;
+    if (rc != 0)
+        close(*fd);
     return rc;
+}
+
+/* Read fd into buf, exactly n bytes unless the file ends first: *got. 0, or an
+ * errno value; EFBIG when the file has more than n bytes. Runs without the GIL. */
+static int read_exactly(int fd, char *buf, size_t n, size_t *got) {
+    size_t len = 0;
+    for (;;) {
+        char extra;
+        ssize_t r = len < n ? read(fd, buf + len, n - len) : read(fd, &extra, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return errno;
+        if (r == 0)
+            break;
+        if (len == n)
+            return EFBIG; /* it grew since fstat */
+        len += (size_t)r;
+    }
+    *got = len;
+    return 0;
 }
 
 /* Path str (any str subclass) -> exact str copy and file-system bytes, in C only. */
@@ -295,14 +303,78 @@ static int record_code_file(PyObject *exact, size_t size, const char *hex, int a
     return action;
 }
 
-/* Read a file (path as bytes) with the GIL released: files can be large or slow. */
-static int read_file_nogil(PyObject *fs, char **data, size_t *size) {
-    int err;
+int aw_in_main_interpreter(void) {
+    PyThreadState *ts = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x03090000
+    return PyThreadState_GetInterpreter(ts) == PyInterpreterState_Main();
+#else
+    return ts->interp == PyInterpreterState_Main();
+#endif
+}
+
+/* Read a file as code (path as bytes), the GIL released while reading: files can be
+ * large or slow. 0 with *bytes, the exact bytes Python gets; *data is their copy
+ * for the hasher (malloc'ed) or NULL when *bytes is read into directly: only in the
+ * main interpreter (aw_hasher_release gives the hasher's references back there), and
+ * only for a regular file that keeps the size fstat gave. -1 with an exception. */
+static int read_code_file(PyObject *fs, PyObject *exact, PyObject **bytes, char **data,
+                          size_t *size) {
     const char *cpath = PyBytes_AS_STRING(fs);
+    int fd = -1, err;
+    struct stat st;
     Py_BEGIN_ALLOW_THREADS
-    err = read_file(cpath, data, size);
+    err = open_code_file(cpath, &fd, &st); /* on error fd is closed */
     Py_END_ALLOW_THREADS
-    return err;
+    *data = NULL;
+    *bytes = NULL;
+    if (err == 0 && S_ISREG(st.st_mode) && aw_in_main_interpreter()) {
+        *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)st.st_size);
+        if (*bytes == NULL) {
+            close(fd);
+            return -1;
+        }
+        char *into = PyBytes_AS_STRING(*bytes);
+        size_t want = (size_t)st.st_size, got = 0;
+        Py_BEGIN_ALLOW_THREADS
+        err = read_exactly(fd, into, want, &got);
+        if (err == EFBIG) /* it grew: read it again, whole, into a growing buffer */
+            err = lseek(fd, 0, SEEK_SET) < 0 ? errno : EAGAIN;
+        Py_END_ALLOW_THREADS
+        if (err == 0) {
+            close(fd);
+            if (got < want && _PyBytes_Resize(bytes, (Py_ssize_t)got) < 0)
+                return -1; /* *bytes is NULL, MemoryError set */
+            *size = got;
+            return 0;
+        }
+        Py_CLEAR(*bytes);
+        if (err == EAGAIN)
+            err = 0;
+        else
+            close(fd);
+    }
+    if (err == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        size_t hint = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
+        err = read_all(fd, hint, MAX_CODE_FILE, data, size);
+        if (err == EFBIG)
+            free(*data);
+        close(fd);
+        Py_END_ALLOW_THREADS
+    }
+    if (err) {
+        *data = NULL;
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exact);
+        return -1;
+    }
+    *bytes = PyBytes_FromStringAndSize(*data, (Py_ssize_t)*size);
+    if (*bytes == NULL) {
+        free(*data);
+        *data = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the open-code hook ------------------------------------------------------------- */
@@ -311,7 +383,7 @@ static int read_file_nogil(PyObject *fs, char **data, size_t *size) {
  * thread (hasher.c); takes *data when queued. 0 queued, -1 not (hash in place). */
 #define HEX_PLACEHOLDER "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 
-static int queue_open_code(PyObject *exact, size_t size, char **data) {
+static int queue_open_code(PyObject *exact, size_t size, char **data, PyObject *bytes) {
     PyObject *args = Py_BuildValue("(Ons)", exact, (Py_ssize_t)size, HEX_PLACEHOLDER);
     if (args == NULL) {
         PyErr_Clear();
@@ -332,7 +404,8 @@ static int queue_open_code(PyObject *exact, size_t size, char **data) {
                     : memmem(b.p + json, b.len - json, END, sizeof END - 1);
     size_t at = end ? (size_t)(end - b.p) - 64 : 0;
     if (end == NULL || end - (b.p + json) < 64 || memcmp(b.p + at, HEX_PLACEHOLDER, 64) != 0 ||
-        aw_hasher_submit(b.p, b.len, at, *data, size) < 0) {
+        aw_hasher_submit(b.p, b.len, at, *data ? *data : PyBytes_AS_STRING(bytes), size,
+                         *data ? NULL : bytes) < 0) {
         aw_buf_free(&b);
         return -1;
     }
@@ -345,16 +418,11 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
     PyObject *exact = NULL, *fs = NULL, *result = NULL, *bytes = NULL;
     if (path_arg(path, &exact, &fs) < 0)
         return NULL;
-    char *data = NULL;
+    char *data = NULL; /* a copy of bytes' content for the hasher, or NULL */
     size_t size = 0;
-    int err = read_file_nogil(fs, &data, &size);
-    if (err) {
-        errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, exact);
-        goto done;
-    }
-    bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
-    if (bytes == NULL)
+    if (aw_in_main_interpreter())
+        aw_hasher_release(); /* references to earlier files, hashed since */
+    if (read_code_file(fs, exact, &bytes, &data, &size) < 0)
         goto done;
     const char *rule = NULL;
     int action = atomic_load(&aw_proc.active) ? table_action("auditwatch.open_code", &rule)
@@ -363,10 +431,10 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
      * nothing waits for it when it is only recorded: it is made off this thread. */
     int hash_here = manifest != NULL ||
                     (action != AW_IGNORE &&
-                     (action != AW_RECORD || queue_open_code(exact, size, &data) < 0));
+                     (action != AW_RECORD || queue_open_code(exact, size, &data, bytes) < 0));
     if (hash_here) {
         char hex[65];
-        aw_sha256_hex(data, size, hex);
+        aw_sha256_hex(PyBytes_AS_STRING(bytes), size, hex);
         if (record_code_file(exact, size, hex, action, rule) == AW_DENY) {
             if (manifest_allows(hex))
                 PyErr_Format(PyExc_PermissionError,
@@ -510,14 +578,17 @@ static int main_script(PyObject *filename) {
         PyErr_Clear();
         return AW_RECORD;
     }
+    PyObject *bytes = NULL;
     char *data = NULL;
     size_t size = 0;
-    int err = read_file_nogil(fs, &data, &size);
     int action = AW_RECORD;
-    if (err == 0) {
+    if (read_code_file(fs, exact, &bytes, &data, &size) < 0) {
+        PyErr_Clear(); /* CPython reports an unreadable script itself */
+    } else {
         char hex[65];
-        aw_sha256_hex(data, size, hex);
+        aw_sha256_hex(PyBytes_AS_STRING(bytes), size, hex);
         free(data);
+        Py_DECREF(bytes);
         const char *rule = NULL;
         int file_action = table_action("auditwatch.open_code", &rule);
         if (record_code_file(exact, size, hex, file_action, rule) == AW_DENY &&
