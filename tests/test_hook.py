@@ -180,6 +180,26 @@ def test_values_are_bounded_and_truncation_is_marked(tmp_path):
     assert ctl == '\x00\n"\\'
 
 
+@pytest.mark.parametrize("portable", [True, False], ids=["portable", "sha-extensions"])
+def test_the_hooks_sha256_matches_hashlib(portable):
+    # Files read as code, code text and bytecode are hashed by the hook's own SHA-256:
+    # with the CPU's SHA extensions where it has them, else the portable rounds.
+    import hashlib
+    import os
+
+    import _auditwatch
+
+    cpu_has = "sha_ni" in Path("/proc/cpuinfo").read_text()
+    assert _auditwatch._sha256(b"")[1] == cpu_has, "SHA extensions detected wrongly"
+    if not portable and not cpu_has:
+        pytest.skip("this CPU has no SHA extensions: only the portable rounds run here")
+    for n in [*range(0, 200), 1000, 4095, 4096, 4097, 65536 + 7]:
+        data = os.urandom(n)
+        digest, extensions = _auditwatch._sha256(data, portable)
+        assert digest == hashlib.sha256(data).hexdigest(), n
+        assert extensions == (not portable)
+
+
 def test_encoder_matches_the_hook(tmp_path):
     import _auditwatch
 

@@ -133,6 +133,22 @@ static PyObject *hook_encode_args(PyObject *self, PyObject *args) {
     return res;
 }
 
+static PyObject *hook_sha256(PyObject *self, PyObject *args) {
+    (void)self;
+    /* For tests: the hook's SHA-256, with the CPU's SHA extensions when it has them,
+     * or the portable rounds (portable=True), to compare with hashlib. */
+    Py_buffer view;
+    int portable = 0;
+    if (!PyArg_ParseTuple(args, "y*|p:_sha256", &view, &portable))
+        return NULL;
+    char hex[65];
+    atomic_store(&aw_sha256_portable, portable);
+    aw_sha256_hex(view.buf, (size_t)view.len, hex);
+    atomic_store(&aw_sha256_portable, 0);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(sO)", hex, !portable && aw_sha256_uses_extensions() ? Py_True : Py_False);
+}
+
 static PyObject *hook_default_events(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
     return PyUnicode_FromString(aw_table_default_spec());
@@ -154,6 +170,8 @@ static PyMethodDef methods[] = {
      "Registered with os.register_at_fork: the forked child starts its own run."},
     {"encode_args", hook_encode_args, METH_VARARGS,
      "encode_args(tuple) -> str: the JSON the hook would record for these arguments."},
+    {"_sha256", hook_sha256, METH_VARARGS,
+     "_sha256(data, portable=False) -> (hex, with SHA extensions): the hook's SHA-256."},
     {"default_events", hook_default_events, METH_NOARGS,
      "The built-in event table entries, applied after the configured ones."},
     {NULL, NULL, 0, NULL},

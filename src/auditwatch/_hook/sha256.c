@@ -3,8 +3,14 @@
  * (auditwatch._ingest). No Python API here: both extensions compile this file. */
 #include "sha256.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -88,14 +94,88 @@ __attribute__((target("bmi,bmi2"))) static void compress_bmi2(aw_sha256_ctx *c,
 }
 #endif
 
-static void compress(aw_sha256_ctx *c, const unsigned char *p, size_t blocks) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi")) {
+/* With the SHA extensions: sha256rnds2 does two rounds, sha256msg1/msg2 extend the
+ * schedule four words at a time. The state is kept as the instructions want it, in
+ * two registers: A,B,E,F and C,D,G,H (each highest word first). */
+__attribute__((target("sha,sse4.1"))) static void compress_shani(aw_sha256_ctx *c,
+                                                                 const unsigned char *p,
+                                                                 size_t blocks) {
+    const __m128i BSWAP = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+    __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&c->h[0]), 0xB1);
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&c->h[4]), 0x1B);
+    __m128i abef = _mm_alignr_epi8(abcd, efgh, 8);
+    __m128i cdgh = _mm_blend_epi16(efgh, abcd, 0xF0);
+    for (; blocks; blocks--, p += 64) {
+        __m128i abef0 = abef, cdgh0 = cdgh, m[4];
+        for (int i = 0; i < 4; i++)
+            m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), BSWAP);
+        for (int i = 0; i < 16; i++) { /* rounds 4i .. 4i+3 */
+            if (i >= 4) { /* W[4i..]: m holds W[4i-16..], W[4i-12..], W[4i-8..], W[4i-4..] */
+                __m128i x = _mm_sha256msg1_epu32(m[i & 3], m[(i + 1) & 3]);
+                x = _mm_add_epi32(x, _mm_alignr_epi8(m[(i + 3) & 3], m[(i + 2) & 3], 4));
+                m[i & 3] = _mm_sha256msg2_epu32(x, m[(i + 3) & 3]);
+            }
+            __m128i wk = _mm_add_epi32(m[i & 3], _mm_loadu_si128((const __m128i *)&K[4 * i]));
+            cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+            abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));
+        }
+        abef = _mm_add_epi32(abef, abef0);
+        cdgh = _mm_add_epi32(cdgh, cdgh0);
+    }
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+    __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128((__m128i *)&c->h[0], _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128((__m128i *)&c->h[4], _mm_alignr_epi8(dchg, feba, 8));
+}
+
+static int has_sha_extensions(void) {
+    unsigned a, b, cx, d;
+    if (!__get_cpuid(1, &a, &b, &cx, &d) || !(cx & bit_SSE4_1) || !(cx & bit_SSSE3))
+        return 0;
+    return __get_cpuid_count(7, 0, &a, &b, &cx, &d) && (b & (1u << 29)); /* SHA */
+}
+#endif
+
+enum { IMPL_UNKNOWN, IMPL_PLAIN, IMPL_BMI2, IMPL_SHANI, IMPL_BMI2_SHANI };
+static atomic_int impl; /* chosen once; a race only makes the same choice twice */
+atomic_int aw_sha256_portable;
+
+static int choose(void) {
+    int chosen = IMPL_PLAIN;
+#if defined(__x86_64__) && defined(__GNUC__)
+    int bmi2 = __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi");
+    if (has_sha_extensions())
+        chosen = bmi2 ? IMPL_BMI2_SHANI : IMPL_SHANI;
+    else if (bmi2)
+        chosen = IMPL_BMI2;
+#endif
+    atomic_store_explicit(&impl, chosen, memory_order_relaxed);
+    return chosen;
+}
+
+static void compress(aw_sha256_ctx *c, const unsigned char *p, size_t blocks) {
+    int how = atomic_load_explicit(&impl, memory_order_relaxed);
+    if (how == IMPL_UNKNOWN)
+        how = choose();
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (how >= IMPL_SHANI && !atomic_load_explicit(&aw_sha256_portable, memory_order_relaxed)) {
+        compress_shani(c, p, blocks);
+        return;
+    }
+    if (how == IMPL_BMI2 || how == IMPL_BMI2_SHANI) {
         compress_bmi2(c, p, blocks);
         return;
     }
 #endif
     compress_plain(c, p, blocks);
+}
+
+int aw_sha256_uses_extensions(void) {
+    aw_sha256_ctx c;
+    aw_sha256_init(&c);
+    compress(&c, (const unsigned char *)K, 1); /* makes the choice */
+    return atomic_load_explicit(&impl, memory_order_relaxed) >= IMPL_SHANI;
 }
 
 static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
