@@ -282,6 +282,27 @@ def test_files_read_as_code_are_their_bytes_and_are_let_go(tmp_path):
     assert f["args"][1:] == [80000, sha(b"print(1)" * 10000)]
 
 
+def test_files_read_as_code_are_let_go_without_a_flush(tmp_path):
+    # A process that stops reading code must not keep the last files it read: the
+    # hasher's references are given back at the next recorded event too.
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (32 << 10))
+    code = f"""\
+        import io, time, tracemalloc
+        tracemalloc.start()
+        for _ in range(5):
+            io.open_code({str(big)!r}).close()
+        for _ in range(200):  # up to 20 s for the hashes (sanitizer builds are slow)
+            open('/dev/null').close()  # a recorded event
+            if tracemalloc.get_traced_memory()[0] < 4 << 20:
+                break
+            time.sleep(0.1)
+        print(tracemalloc.get_traced_memory()[0] >> 20)
+    """
+    a = run_audited(tmp_path, code)
+    assert int(a.proc.stdout) < 4, f"{a.proc.stdout.strip()} MiB still held"
+
+
 def test_code_compiled_under_a_shared_name_lists_every_candidate_text(tmp_path):
     # A code object names the filename it was compiled under, not its text: the
     # texts its process run compiled under that name are all candidates (the -c

@@ -228,6 +228,7 @@ void aw_unlock(pthread_mutex_t *m);
 int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
                      PyObject *keep);
 void aw_hasher_release(void);
+extern atomic_int aw_hasher_done; /* 1: references wait for aw_hasher_release */
 /* The calling thread runs the main interpreter (opencode.c). */
 int aw_in_main_interpreter(void);
 void aw_hasher_drain(void);

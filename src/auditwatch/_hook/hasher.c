@@ -11,8 +11,8 @@
  * Needs no GIL. In the main interpreter the bytes are the buffer of the `bytes`
  * object handed to Python (no copy); the job holds a reference to it, taken and
  * given back only with the GIL: a finished job waits on the done list until the
- * main interpreter's next open-code hook (aw_hasher_release). Elsewhere the job owns
- * a malloc'ed copy. */
+ * main interpreter's next recorded event, open-code hook or flush
+ * (aw_hasher_release). Elsewhere the job owns a malloc'ed copy. */
 #include "aw.h"
 
 #include <errno.h>
@@ -75,6 +75,7 @@ static void *hasher_main(void *arg) {
         if (j->keep != NULL) {
             j->next = H.done;
             H.done = j;
+            atomic_store_explicit(&aw_hasher_done, 1, memory_order_relaxed);
         } else {
             free(j);
         }
@@ -91,6 +92,7 @@ void aw_hasher_atfork_prepare(void) { aw_lock(&H.mu); }
 void aw_hasher_atfork_parent(void) { aw_unlock(&H.mu); }
 void aw_hasher_atfork_child(void) {
     H.head = H.tail = H.done = NULL; /* the references are the parent's too: leaked */
+    atomic_store(&aw_hasher_done, 0);
     H.queued_bytes = H.unfinished = 0;
     H.running = 0;
     pthread_mutex_unlock(&H.mu); /* the ring's child handler resets the lock count */
@@ -140,10 +142,13 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
     return 0;
 }
 
+atomic_int aw_hasher_done;
+
 void aw_hasher_release(void) {
     aw_lock(&H.mu);
     job *done = H.done;
     H.done = NULL;
+    atomic_store_explicit(&aw_hasher_done, 0, memory_order_relaxed);
     aw_unlock(&H.mu);
     while (done != NULL) {
         job *next = done->next;
