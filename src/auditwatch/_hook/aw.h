@@ -172,6 +172,7 @@ typedef struct {
 #define AW_PUT_RELEASE_GIL 1 /* may release the GIL while waiting for room */
 #define AW_PUT_KEEP 2        /* a start or exit record: wait even under policy=drop */
 #define AW_PUT_STAMPED 4     /* the body starts with an aw_stamp (aw_format_event) */
+#define AW_PUT_FLUSH 8       /* the caller will wait for it (aw_ring_flush): ask for an ack */
 uint64_t aw_ring_put(const char *body, size_t n, int flags);
 
 /* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
@@ -282,9 +283,10 @@ void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObj
                      const char *action, const char *rule, const aw_limits *lim);
 /* "kind":"event","event":NAME (and "event_len" for a name cut short) into b. */
 void aw_format_event_name(aw_buf *b, const char *event);
-/* Encode and queue one event record; returns the ticket (0 if dropped). */
+/* Encode and queue one event record (put_flags: AW_PUT_*); returns the ticket (0 if
+ * dropped). */
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
-                         int may_release_gil);
+                         int put_flags);
 
 /* PyThreadState without the fatal error when there is none (pre-init, C threads). */
 #if PY_VERSION_HEX >= 0x030D0000

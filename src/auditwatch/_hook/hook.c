@@ -26,12 +26,11 @@ static long long interp_id(PyThreadState *ts) {
 
 static uint64_t aw_record_event_with(const char *event, const char *event_json, PyObject *args,
                                      const char *action, const char *rule, const aw_limits *lim,
-                                     int may_release_gil);
+                                     int put_flags);
 
 uint64_t aw_record_event(const char *event, PyObject *args, const char *action, const char *rule,
-                         int may_release_gil) {
-    return aw_record_event_with(event, NULL, args, action, rule, &aw_default_limits,
-                                may_release_gil);
+                         int put_flags) {
+    return aw_record_event_with(event, NULL, args, action, rule, &aw_default_limits, put_flags);
 }
 
 void aw_record_decided(const char *event, const char *event_json, PyObject *args, int action,
@@ -39,7 +38,8 @@ void aw_record_decided(const char *event, const char *event_json, PyObject *args
     int indicator = action >= AW_FLUSH;
     if (indicator)
         aw_hasher_drain();
-    uint64_t ticket = aw_record_event_with(event, event_json, args, name, rule, lim, 1);
+    uint64_t ticket = aw_record_event_with(event, event_json, args, name, rule, lim,
+                                           AW_PUT_RELEASE_GIL | (indicator ? AW_PUT_FLUSH : 0));
     if (indicator)
         aw_flush_indicator(ticket);
 }
@@ -80,7 +80,7 @@ void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObj
 
 static uint64_t aw_record_event_with(const char *event, const char *event_json, PyObject *args,
                                      const char *action, const char *rule, const aw_limits *lim,
-                                     int may_release_gil) {
+                                     int put_flags) {
     aw_writer_ensure();
     char storage[2048];
     aw_buf b;
@@ -88,8 +88,7 @@ static uint64_t aw_record_event_with(const char *event, const char *event_json, 
     aw_format_event(&b, event, event_json, args, action, rule, lim);
     uint64_t ticket = 0;
     if (!b.oom)
-        ticket = aw_ring_put(b.p, b.len,
-                             AW_PUT_STAMPED | (may_release_gil ? AW_PUT_RELEASE_GIL : 0));
+        ticket = aw_ring_put(b.p, b.len, AW_PUT_STAMPED | put_flags);
     aw_buf_free(&b);
     return ticket;
 }

@@ -102,7 +102,8 @@ static PyObject *hook_flush(PyObject *self, PyObject *args) {
     aw_hasher_drain();
     if (aw_in_main_interpreter())
         aw_hasher_release();
-    uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL, 1);
+    uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL,
+                                      AW_PUT_RELEASE_GIL | AW_PUT_FLUSH);
     int rc = aw_ring_flush(ticket, timeout, 1);
     return PyBool_FromLong(rc == 0);
 }

@@ -170,7 +170,7 @@ uint64_t aw_proc_start_record(void) {
     aw_buf_putc(&b, '}');
     uint64_t ticket = 0;
     if (!b.oom)
-        ticket = aw_ring_put(b.p, b.len, AW_PUT_KEEP);
+        ticket = aw_ring_put(b.p, b.len, AW_PUT_KEEP | AW_PUT_FLUSH); /* waited for */
     aw_buf_free(&b);
     return ticket;
 }

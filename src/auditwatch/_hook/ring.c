@@ -38,8 +38,9 @@ static struct {
     char *data;
     uint64_t cap, head, tail; /* bytes; head and tail only grow */
     uint64_t put_ticket, done_ticket;
+    uint64_t flush_ticket; /* the last record someone waits for: acked when it is sent */
     uint64_t dropped_pending;
-    int writer_waiting, lingering, flush_wanted, stop, writer_done;
+    int writer_waiting, lingering, stop, writer_done;
     atomic_int writer_running;
     pthread_t writer;
     aw_counters c;
@@ -209,7 +210,14 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     R.head += need;
     uint64_t ticket = ++R.put_ticket;
     R.c.queued++;
-    if (R.writer_waiting)
+    /* Asked for with the record, under the same lock: a writer that takes this
+     * record also sees that it must be acknowledged. (Asked for later, by
+     * aw_ring_flush alone, a writer past its linger could send it unconfirmed and
+     * the caller would return at once.) */
+    int flush = flags & AW_PUT_FLUSH;
+    if (flush)
+        R.flush_ticket = ticket;
+    if (R.writer_waiting || (flush && R.lingering))
         pthread_cond_signal(&R.not_empty);
     aw_unlock(&R.mu);
     if (saved)
@@ -225,7 +233,8 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     deadline_in(&dl, timeout);
     int rc = 0;
     aw_lock(&R.mu);
-    R.flush_wanted = 1;
+    if (ticket > R.flush_ticket)
+        R.flush_ticket = ticket;
     if (R.writer_waiting || R.lingering)
         pthread_cond_signal(&R.not_empty);
     while (R.done_ticket < ticket && !R.writer_done) {
@@ -648,13 +657,13 @@ static void *writer_main(void *arg) {
                 rc = pthread_cond_timedwait(&R.not_empty, &R.mu, &dl);
             R.writer_waiting = 0;
             heartbeat = rc == ETIMEDOUT && R.head == R.tail;
-            if (!heartbeat && !R.stop && !R.flush_wanted) {
+            if (!heartbeat && !R.stop && R.flush_ticket <= R.done_ticket) {
                 /* Woken by the first record of a burst: let the burst gather, unless
                  * an indicator asks for a flush meanwhile (aw_ring_flush wakes us). */
                 struct timespec linger;
                 deadline_in(&linger, LINGER_NS / 1e9);
                 R.lingering = 1;
-                while (!R.flush_wanted && !R.stop &&
+                while (R.flush_ticket <= R.done_ticket && !R.stop &&
                        pthread_cond_timedwait(&R.not_empty, &R.mu, &linger) != ETIMEDOUT)
                     ;
                 R.lingering = 0;
@@ -664,9 +673,10 @@ static void *writer_main(void *arg) {
             break;
         uint64_t head = R.head, tail = R.tail, ticket = R.put_ticket;
         uint64_t dropped = R.dropped_pending;
-        int want_ack = R.flush_wanted;
+        /* A ticket, not a flag: a request already served cannot make a later batch
+         * wait for an ack nobody waits for. */
+        int want_ack = R.flush_ticket > R.done_ticket;
         R.dropped_pending = 0;
-        R.flush_wanted = 0;
         aw_unlock(&R.mu);
 
         uint64_t records = 0;
@@ -844,9 +854,9 @@ static void atfork_child(void) {
     pthread_cond_init(&R.flushed, NULL);
     pthread_cond_init(&R.stopped, NULL);
     R.head = R.tail = 0;
-    R.put_ticket = R.done_ticket = 0;
+    R.put_ticket = R.done_ticket = R.flush_ticket = 0;
     R.dropped_pending = 0;
-    R.writer_waiting = R.lingering = R.flush_wanted = R.stop = R.writer_done = 0;
+    R.writer_waiting = R.lingering = R.stop = R.writer_done = 0;
     memset(&R.c, 0, sizeof R.c);
     atomic_store(&R.writer_running, 0);
     if (S.fd >= 0)
