@@ -227,15 +227,18 @@ static void take_error(char *out, size_t n) {
     PyErr_Clear();
 }
 
-/* PREFIX/auditwatch.conf into out; 0 when sys.prefix is a str of a usable length. */
+/* PREFIX/auditwatch.conf into out, in the file-system encoding as os.path.exists in
+ * auditwatch.pth sees it; 0, or -1 when sys.prefix is not a usable str. */
 static int config_path(char *out, size_t n) {
     PyObject *prefix = PySys_GetObject("prefix"); /* borrowed */
-    const char *p = prefix && PyUnicode_Check(prefix) ? PyUnicode_AsUTF8(prefix) : NULL;
-    if (p == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
-    return snprintf(out, n, "%s/" CONFIG_NAME, p) < (int)n ? 0 : -1;
+    PyObject *fs = prefix && PyUnicode_Check(prefix) ? PyUnicode_EncodeFSDefault(prefix) : NULL;
+    int rc = fs != NULL && strlen(PyBytes_AS_STRING(fs)) == (size_t)PyBytes_GET_SIZE(fs) &&
+                     snprintf(out, n, "%s/" CONFIG_NAME, PyBytes_AS_STRING(fs)) < (int)n
+                 ? 0
+                 : -1;
+    Py_XDECREF(fs);
+    PyErr_Clear();
+    return rc;
 }
 
 /* Recording, but this interpreter's os._exit, os.environ or fork handler could not be
@@ -260,9 +263,14 @@ PyObject *aw_bootstrap(PyObject *module, PyObject *noargs) {
     }
     char config[PATH_MAX + 32], err[1024] = "";
     struct stat st;
-    int use_config = getenv("AUDITWATCH_SINK") == NULL &&
-                     config_path(config, sizeof config) == 0 && stat(config, &st) == 0;
-    if (!use_config && getenv("AUDITWATCH_SINK") == NULL)
+    int asked_by_env = getenv("AUDITWATCH_SINK") != NULL;
+    if (!asked_by_env && config_path(config, sizeof config) < 0) {
+        /* auditwatch.pth found a config there, or nothing asked (below): say so */
+        not_audited("sys.prefix cannot be made into the path of auditwatch.conf", NULL);
+        Py_RETURN_NONE;
+    }
+    int use_config = !asked_by_env && stat(config, &st) == 0;
+    if (!use_config && !asked_by_env)
         Py_RETURN_NONE; /* not asked: an exec'd program that kept AUDITWATCH_LOADED_PID */
     aw_config c = {NULL, NULL, NULL, NULL, NULL};
     if (use_config && config_read(config, &c, err, sizeof err) == 0 && c.manifest[0] != '\0')
