@@ -89,6 +89,23 @@ def test_install_uninstall_round_trip_with_launcher(tmp_path, env_dir):
     assert snapshot(env_dir) == before
 
 
+def test_installed_config_under_a_prefix_that_is_not_utf8(tmp_path, env_dir):
+    # auditwatch.pth looks for the config with os.path.exists, in the file-system
+    # encoding; the bootstrap must find the same file, or the process runs unaudited
+    # without a word. (venv refuses such a path: reach the environment through a
+    # symbolic link, which sys.prefix keeps.)
+    records = tmp_path / "records.jsonl"
+    (env_dir / "auditwatch.conf").write_text(f"sink = file:{records}\n")
+    link = Path(os.fsdecode(os.fsencode(tmp_path) + b"/env\xff"))
+    link.symlink_to(env_dir)
+    code = "import sys; print(ascii(sys.prefix))"
+    p = subprocess.run([str(link / "bin" / "python"), "-c", code], env=clean_env(),
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "\\udcff" in p.stdout, p.stdout
+    assert [r["installed"] for r in read_records(records) if r["kind"] == "start"] == ["site"]
+
+
 def test_install_without_launcher_uses_the_bootstrap(tmp_path, env_dir):
     before = snapshot(env_dir)
     records = tmp_path / "records.jsonl"
