@@ -41,13 +41,20 @@ EX_SOFTWARE = 70
 
 
 def cannot_load() -> None:
-    """``auditwatch.pth``'s answer when the extension does not import (called while
-    that ImportError is handled): warn, and exit (status 70) when auditing is
+    """``auditwatch.pth``'s answer when importing the extension fails (called while
+    that exception is handled): warn, and exit (status 70) when auditing is
     required, as the extension's bootstrap would."""
     exc = sys.exc_info()[1]
+    # Any exception, not only ImportError: CPython 3.12 cannot import an extension
+    # from a path that is not valid UTF-8 and raises UnicodeEncodeError.
+    hint = (
+        f"; is auditwatch built for {sys.version.split()[0]}?"
+        if isinstance(exc, ImportError)
+        else ""
+    )
     sys.stderr.write(
         "auditwatch: WARNING: this process is NOT audited: cannot load the native hook "
-        f"({exc}); is auditwatch built for {sys.version.split()[0]}?\n"
+        f"({type(exc).__name__}: {exc}){hint}\n"
     )
     config = os.path.join(sys.prefix, CONFIG_NAME)
     if os.environ.get("AUDITWATCH_REQUIRED") == "1":
