@@ -175,7 +175,9 @@ typedef struct {
 #define AW_PUT_FLUSH 8       /* the caller will wait for it (aw_ring_flush): ask for an ack */
 uint64_t aw_ring_put(const char *body, size_t n, int flags);
 
-/* Wait until every record up to ticket has left the process (or timeout). 0 = done. */
+/* Wait until every record up to ticket has left the process (or timeout). 0 = done.
+ * The ticket's record must have been queued with AW_PUT_FLUSH: that is what makes
+ * the writer send it at once and wait for the collector's ack. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
 /* Flush for an indicator (flush, deny, monitor), bounded by flush_timeout. */
 int aw_flush_indicator(uint64_t ticket);

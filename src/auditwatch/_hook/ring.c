@@ -233,10 +233,8 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     deadline_in(&dl, timeout);
     int rc = 0;
     aw_lock(&R.mu);
-    if (ticket > R.flush_ticket)
-        R.flush_ticket = ticket;
-    if (R.writer_waiting || R.lingering)
-        pthread_cond_signal(&R.not_empty);
+    /* The record asked for its ack when it was queued (AW_PUT_FLUSH), and woke a
+     * waiting or lingering writer then: only the wait is left. */
     while (R.done_ticket < ticket && !R.writer_done) {
         if (pthread_cond_timedwait(&R.flushed, &R.mu, &dl) == ETIMEDOUT) {
             rc = -1;
@@ -659,7 +657,7 @@ static void *writer_main(void *arg) {
             heartbeat = rc == ETIMEDOUT && R.head == R.tail;
             if (!heartbeat && !R.stop && R.flush_ticket <= R.done_ticket) {
                 /* Woken by the first record of a burst: let the burst gather, unless
-                 * an indicator asks for a flush meanwhile (aw_ring_flush wakes us). */
+                 * a waited-for record arrives meanwhile (aw_ring_put wakes us). */
                 struct timespec linger;
                 deadline_in(&linger, LINGER_NS / 1e9);
                 R.lingering = 1;
