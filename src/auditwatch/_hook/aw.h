@@ -226,13 +226,20 @@ void aw_lock(pthread_mutex_t *m);
 void aw_unlock(pthread_mutex_t *m);
 /* Hashing files read as code off the importing thread (hasher.c). submit takes
  * ownership of record when it returns 0, and of data when keep is NULL; else data
- * is keep's buffer, and keep gets a reference (GIL held) that aw_hasher_release
+ * is keep's buffer, and keep gets a reference (GIL held) that aw_hasher_collect
  * gives back once the hash is made (GIL held, main interpreter). */
 int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
                      PyObject *keep);
+extern atomic_int aw_hasher_done; /* 1: finished jobs hold references */
 void aw_hasher_release(void);
-extern atomic_int aw_hasher_done; /* 1: references wait for aw_hasher_release */
-/* The calling thread runs the main interpreter (opencode.c). */
+/* Give back the references of finished jobs, when there are any and this thread
+ * runs the main interpreter with the GIL: at every recorded event, open-code hook
+ * and flush, so a process that stops reading code keeps none. */
+static inline void aw_hasher_collect(void) {
+    if (atomic_load_explicit(&aw_hasher_done, memory_order_relaxed))
+        aw_hasher_release();
+}
+/* The calling thread has a thread state of the main interpreter (opencode.c). */
 int aw_in_main_interpreter(void);
 void aw_hasher_drain(void);
 void aw_hasher_atfork_prepare(void);

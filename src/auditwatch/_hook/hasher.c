@@ -12,7 +12,7 @@
  * object handed to Python (no copy); the job holds a reference to it, taken and
  * given back only with the GIL: a finished job waits on the done list until the
  * main interpreter's next recorded event, open-code hook or flush
- * (aw_hasher_release). Elsewhere the job owns a malloc'ed copy. */
+ * (aw_hasher_collect). Elsewhere the job owns a malloc'ed copy. */
 #include "aw.h"
 
 #include <errno.h>
@@ -66,17 +66,15 @@ static void *hasher_main(void *arg) {
         memcpy(j->record + j->hex_at, hex, 64);
         aw_ring_put(j->record, j->len, AW_PUT_STAMPED); /* from aw_format_event */
         free(j->record);
-        if (j->keep == NULL) {
-            free(j->data);
-        }
 
         pthread_mutex_lock(&H.mu);
         H.queued_bytes -= j->size;
-        if (j->keep != NULL) {
+        if (j->keep != NULL) { /* its owner goes back with the GIL */
             j->next = H.done;
             H.done = j;
             atomic_store_explicit(&aw_hasher_done, 1, memory_order_relaxed);
         } else {
+            free(j->data);
             free(j);
         }
         if (--H.unfinished == 0)
@@ -144,7 +142,10 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
 
 atomic_int aw_hasher_done;
 
+/* Through aw_hasher_collect: the references belong to the main interpreter. */
 void aw_hasher_release(void) {
+    if (!aw_in_main_interpreter())
+        return;
     aw_lock(&H.mu);
     job *done = H.done;
     H.done = NULL;

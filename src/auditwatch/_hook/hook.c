@@ -133,9 +133,7 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
         PyErr_Fetch(&et, &ev, &etb);
     /* Files read as code that the hasher is done with: a process that stops
      * importing must not keep the last of them. */
-    if (atomic_load_explicit(&aw_hasher_done, memory_order_relaxed) && ts &&
-        aw_in_main_interpreter())
-        aw_hasher_release();
+    aw_hasher_collect();
 
     aw_record_decided(event, d.event_json, args, action, ACTION_NAMES[action],
                       action >= AW_DENY ? rule : NULL, &aw_default_limits);

@@ -100,8 +100,7 @@ static PyObject *hook_flush(PyObject *self, PyObject *args) {
     /* A flush marker: every record queued before it has left once it has, the
      * records of files read as code that were still being hashed included. */
     aw_hasher_drain();
-    if (aw_in_main_interpreter())
-        aw_hasher_release();
+    aw_hasher_collect();
     uint64_t ticket = aw_record_event("auditwatch.flush", NULL, "flush", NULL,
                                       AW_PUT_RELEASE_GIL | AW_PUT_FLUSH);
     int rc = aw_ring_flush(ticket, timeout, 1);

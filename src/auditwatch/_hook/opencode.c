@@ -304,7 +304,9 @@ static int record_code_file(PyObject *exact, size_t size, const char *hex, int a
 }
 
 int aw_in_main_interpreter(void) {
-    PyThreadState *ts = PyThreadState_Get();
+    PyThreadState *ts = AW_TSTATE();
+    if (ts == NULL)
+        return 0;
 #if PY_VERSION_HEX >= 0x03090000
     return PyThreadState_GetInterpreter(ts) == PyInterpreterState_Main();
 #else
@@ -315,7 +317,7 @@ int aw_in_main_interpreter(void) {
 /* Read a file as code (path as bytes), the GIL released while reading: files can be
  * large or slow. 0 with *bytes, the exact bytes Python gets; *data is their copy
  * for the hasher (malloc'ed) or NULL when *bytes is read into directly: only in the
- * main interpreter (aw_hasher_release gives the hasher's references back there), and
+ * main interpreter (aw_hasher_collect gives the hasher's references back there), and
  * only for a regular file that keeps the size fstat gave. -1 with an exception. */
 static int read_code_file(PyObject *fs, PyObject *exact, PyObject **bytes, char **data,
                           size_t *size) {
@@ -420,8 +422,7 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
         return NULL;
     char *data = NULL; /* a copy of bytes' content for the hasher, or NULL */
     size_t size = 0;
-    if (aw_in_main_interpreter())
-        aw_hasher_release(); /* references to earlier files, hashed since */
+    aw_hasher_collect(); /* references to earlier files, hashed since */
     if (read_code_file(fs, exact, &bytes, &data, &size) < 0)
         goto done;
     const char *rule = NULL;
