@@ -142,11 +142,9 @@ static PyObject *hook_sha256(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*|p:_sha256", &view, &portable))
         return NULL;
     char hex[65];
-    atomic_store(&aw_sha256_portable, portable);
-    aw_sha256_hex(view.buf, (size_t)view.len, hex);
-    atomic_store(&aw_sha256_portable, 0);
+    int used = aw_sha256_hex_choosing(view.buf, (size_t)view.len, hex, !portable);
     PyBuffer_Release(&view);
-    return Py_BuildValue("(sO)", hex, !portable && aw_sha256_uses_extensions() ? Py_True : Py_False);
+    return Py_BuildValue("(sO)", hex, used ? Py_True : Py_False);
 }
 
 static PyObject *hook_default_events(PyObject *self, PyObject *noargs) {
@@ -171,7 +169,7 @@ static PyMethodDef methods[] = {
     {"encode_args", hook_encode_args, METH_VARARGS,
      "encode_args(tuple) -> str: the JSON the hook would record for these arguments."},
     {"_sha256", hook_sha256, METH_VARARGS,
-     "_sha256(data, portable=False) -> (hex, with SHA extensions): the hook's SHA-256."},
+     "_sha256(data, portable=False) -> (hex, whether the SHA extensions did the rounds)."},
     {"default_events", hook_default_events, METH_NOARGS,
      "The built-in event table entries, applied after the configured ones."},
     {NULL, NULL, 0, NULL},

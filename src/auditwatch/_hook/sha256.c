@@ -139,43 +139,45 @@ static int has_sha_extensions(void) {
 
 enum { IMPL_UNKNOWN, IMPL_PLAIN, IMPL_BMI2, IMPL_SHANI, IMPL_BMI2_SHANI };
 static atomic_int impl; /* chosen once; a race only makes the same choice twice */
-atomic_int aw_sha256_portable;
 
-static int choose(void) {
-    int chosen = IMPL_PLAIN;
+static int chosen(void) {
+    int how = atomic_load_explicit(&impl, memory_order_relaxed);
+    if (how != IMPL_UNKNOWN)
+        return how;
+    how = IMPL_PLAIN;
 #if defined(__x86_64__) && defined(__GNUC__)
     int bmi2 = __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi");
     if (has_sha_extensions())
-        chosen = bmi2 ? IMPL_BMI2_SHANI : IMPL_SHANI;
+        how = bmi2 ? IMPL_BMI2_SHANI : IMPL_SHANI;
     else if (bmi2)
-        chosen = IMPL_BMI2;
+        how = IMPL_BMI2;
 #endif
-    atomic_store_explicit(&impl, chosen, memory_order_relaxed);
-    return chosen;
+    atomic_store_explicit(&impl, how, memory_order_relaxed);
+    return how;
 }
 
-static void compress(aw_sha256_ctx *c, const unsigned char *p, size_t blocks) {
-    int how = atomic_load_explicit(&impl, memory_order_relaxed);
-    if (how == IMPL_UNKNOWN)
-        how = choose();
+/* extensions 0: the portable rounds even on a CPU with the SHA extensions (tests).
+ * Returns 1 when the SHA extensions did the rounds. */
+static int compress_with(aw_sha256_ctx *c, const unsigned char *p, size_t blocks,
+                         int extensions) {
+    int how = chosen();
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (how >= IMPL_SHANI && !atomic_load_explicit(&aw_sha256_portable, memory_order_relaxed)) {
+    if (how >= IMPL_SHANI && extensions) {
         compress_shani(c, p, blocks);
-        return;
+        return 1;
     }
     if (how == IMPL_BMI2 || how == IMPL_BMI2_SHANI) {
         compress_bmi2(c, p, blocks);
-        return;
+        return 0;
     }
 #endif
+    (void)how, (void)extensions;
     compress_plain(c, p, blocks);
+    return 0;
 }
 
-int aw_sha256_uses_extensions(void) {
-    aw_sha256_ctx c;
-    aw_sha256_init(&c);
-    compress(&c, (const unsigned char *)K, 1); /* makes the choice */
-    return atomic_load_explicit(&impl, memory_order_relaxed) >= IMPL_SHANI;
+static void compress(aw_sha256_ctx *c, const unsigned char *p, size_t blocks) {
+    compress_with(c, p, blocks, 1);
 }
 
 static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -235,13 +237,14 @@ void aw_sha256_final(aw_sha256_ctx *c, unsigned char out[32]) {
     }
 }
 
-void aw_sha256_hex(const void *data, size_t n, char out[65]) {
+static int hex_with(const void *data, size_t n, char out[65], int extensions) {
+    int used = 0;
     aw_sha256_ctx c;
     memcpy(c.h, H0, sizeof H0);
     c.bits = (uint64_t)n * 8;
     const unsigned char *p = (const unsigned char *)data;
     if (n >= 64) {
-        compress(&c, p, n / 64);
+        used = compress_with(&c, p, n / 64, extensions);
         p += n / 64 * 64;
         n %= 64;
     }
@@ -253,7 +256,7 @@ void aw_sha256_hex(const void *data, size_t n, char out[65]) {
     size_t total = n + 9 <= 64 ? 64 : 128;
     for (int i = 0; i < 8; i++)
         tail[total - 1 - i] = (unsigned char)(c.bits >> (8 * i));
-    compress(&c, tail, total / 64);
+    used |= compress_with(&c, tail, total / 64, extensions);
     static const char X[] = "0123456789abcdef";
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 4; j++) {
@@ -262,4 +265,11 @@ void aw_sha256_hex(const void *data, size_t n, char out[65]) {
             out[8 * i + 2 * j + 1] = X[byte & 15];
         }
     out[64] = '\0';
+    return used;
+}
+
+void aw_sha256_hex(const void *data, size_t n, char out[65]) { hex_with(data, n, out, 1); }
+
+int aw_sha256_hex_choosing(const void *data, size_t n, char out[65], int extensions) {
+    return hex_with(data, n, out, extensions);
 }
