@@ -238,6 +238,8 @@ def test_glob_tests_with_a_final_star_and_with_other_wildcards(tmp_path):
     code = attempt("open(path).close()").replace("def attempt():", "def attempt(path):")
     code += f"for path in {list(paths)!r}:\n    print(path, attempt(path))\n"
     a = run_audited(tmp_path, code, AUDITWATCH_DENY=spec)
-    for line, (path, rule) in zip(a.proc.stdout.splitlines(), paths.items()):
+    lines = a.proc.stdout.splitlines()
+    assert len(lines) == len(paths), a.proc.stderr
+    for line, (path, rule) in zip(lines, paths.items()):
         want = f"denied: auditwatch: 'open' denied by rule '{rule}'" if rule else "allowed ("
         assert line.startswith(f"{path} {want}"), line
