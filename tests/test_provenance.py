@@ -222,6 +222,46 @@ def test_hashes_made_off_thread_are_right_and_precede_the_exit(tmp_path):
     assert any("statistics" in arg_text(r["args"][0]) for r in records if r["run"] == child)
 
 
+def test_exec_records_carry_the_hash_of_the_bytecode(tmp_path):
+    # An exec record hashes its code object's bytecode. A large one (a module body;
+    # from 64 bytes with the portable rounds, 256 with the SHA extensions) is hashed
+    # by the hasher thread when nothing waits for the record; a small one, and any
+    # in a subinterpreter, on the thread that runs it. Every way, the hash
+    # is the bytecode's; an indicator after the exec comes after its record; and
+    # the hasher gives its reference to the bytecode back.
+    pytest.importorskip("_testcapi")
+    code = """\
+        import hashlib, sys, _testcapi, _auditwatch
+        large_text = "\\n".join(f"v{i} = {i}" for i in range(400))
+        small = compile("x = 1", "small", "exec")
+        large = compile(large_text, "large", "exec")
+        refs = sys.getrefcount(large.co_code)
+        before = _auditwatch.status()["hashed_off_thread"]
+        exec(small, {})
+        exec(large, {})
+        sys.addaudithook(lambda *a: None)  # an indicator: waits for the hasher
+        print(_auditwatch.status()["hashed_off_thread"] - before)
+        _testcapi.run_in_subinterp(f"exec(compile({large_text!r}, 'sub', 'exec'), {{}})")
+        assert _auditwatch.flush()
+        print(sys.getrefcount(large.co_code) - refs, len(small.co_code), len(large.co_code))
+        for c in (small, large):
+            print(hashlib.sha256(c.co_code).hexdigest())
+    """
+    a = run_audited(tmp_path, code)
+    off_thread, held, small_len, large_len, small_sha, large_sha = a.proc.stdout.split()
+    assert int(small_len) < 64 and int(large_len) >= 256
+    assert off_thread == "1", "only the large bytecode of the main interpreter goes off-thread"
+    assert held == "0", "the hasher kept its reference to the bytecode"
+    execs = {
+        r["args"][0]["file"]: r for r in a.events("exec") if r["args"][0]["file"] in ("small", "large", "sub")
+    }
+    assert execs["small"]["args"][0]["sha256"] == small_sha
+    assert execs["large"]["args"][0]["sha256"] == large_sha
+    assert execs["sub"]["args"][0]["sha256"] == large_sha and execs["sub"]["interp"] > 0
+    (hooked,) = a.events("sys.addaudithook")
+    assert execs["large"]["seq"] < hooked["seq"]
+
+
 def test_flush_waits_for_files_still_being_hashed(tmp_path):
     # flush() promises every record so far has left the process: that includes a
     # file read as code whose hash the background thread is still making.

@@ -83,8 +83,19 @@ typedef struct {
 
 extern aw_limits aw_default_limits;
 
-/* Encode an args tuple as a JSON array. Never calls Python code, never raises. */
-void aw_encode_args(aw_buf *b, PyObject *args, const aw_limits *lim);
+/* 64 bytes where a hash goes that the hasher thread writes in later. */
+#define AW_HEX_PLACEHOLDER "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+
+/* A code object's bytecode whose SHA-256 the hasher thread writes into the record
+ * later (hasher.c), so a large module body is not hashed on the importing thread. */
+typedef struct {
+    PyObject *bytes; /* new reference to the bytecode, or NULL: nothing deferred */
+    size_t hex_at;   /* offset of the 64-byte placeholder in the record's buffer */
+} aw_deferred_hash;
+
+/* Encode an args tuple as a JSON array. Never calls Python code, never raises.
+ * defer: NULL, or where the first large bytecode's hash is left to the hasher. */
+void aw_encode_args(aw_buf *b, PyObject *args, const aw_limits *lim, aw_deferred_hash *defer);
 /* Encode the innermost Python frame of the current thread as a JSON object or null. */
 void aw_encode_where(aw_buf *b, PyThreadState *ts);
 
@@ -231,6 +242,7 @@ void aw_unlock(pthread_mutex_t *m);
 int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
                      PyObject *keep);
 extern atomic_int aw_hasher_done; /* 1: finished jobs hold references */
+unsigned long long aw_hasher_hashed(void); /* records the hasher thread hashed */
 void aw_hasher_release(void);
 /* Give back the references of finished jobs, when there are any and this thread
  * runs the main interpreter with the GIL: at every recorded event, open-code hook
@@ -289,7 +301,8 @@ void aw_record_decided(const char *event, const char *event_json, PyObject *args
  * the JSON members from "kind" on. Queue it with AW_PUT_STAMPED. event_json: the
  * table's encoding of the name (aw_decision), or NULL to encode it here. */
 void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObject *args,
-                     const char *action, const char *rule, const aw_limits *lim);
+                     const char *action, const char *rule, const aw_limits *lim,
+                     aw_deferred_hash *defer);
 /* "kind":"event","event":NAME (and "event_len" for a name cut short) into b. */
 void aw_format_event_name(aw_buf *b, const char *event);
 /* Encode and queue one event record (put_flags: AW_PUT_*); returns the ticket (0 if

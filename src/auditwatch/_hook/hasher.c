@@ -1,12 +1,14 @@
-/* Hashing files read as code off the importing thread.
+/* Hashing files read as code, and large bytecode, off the importing thread.
  *
- * SHA-256 of every module file is most of what auditing adds to a start-up that
- * imports many modules. When nothing waits for the hash (no manifest, and the
- * event is recorded rather than flushed or denied), the open-code hook formats the
- * record with a placeholder where the hash goes and hands it, with the file's bytes,
- * to this thread, which hashes them, writes the hash in and queues the record. The
- * record keeps the time of the read; it reaches the ring a little later than the
- * events after it. The exit record waits for the queue to empty (aw_hasher_drain).
+ * SHA-256 of every module file, and of the bytecode of every module body that is
+ * exec'd, is most of what auditing adds to a start-up that imports many modules.
+ * When nothing waits for the hash (no manifest, and the event is recorded rather
+ * than flushed or denied), the open-code hook, and the hook for an `exec` whose code
+ * object's bytecode is past a few blocks (encode.c, hook.c), format the record with a
+ * placeholder where the hash goes and hand it, with the bytes, to this thread, which
+ * hashes them, writes the hash in and queues the record. The record keeps the time
+ * of its event; it reaches the ring a little later than the events after it. The
+ * exit record and every indicator wait for the queue to empty (aw_hasher_drain).
  *
  * Needs no GIL. In the main interpreter the bytes are the buffer of the `bytes`
  * object handed to Python (no copy); the job holds a reference to it, taken and
@@ -46,6 +48,10 @@ static struct {
 } H = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
        NULL, NULL, NULL, 0, 0, 0};
 
+static atomic_ullong hashed; /* records whose hash this thread made */
+
+unsigned long long aw_hasher_hashed(void) { return atomic_load(&hashed); }
+
 static void *hasher_main(void *arg) {
     (void)arg;
     sigset_t all;
@@ -66,6 +72,7 @@ static void *hasher_main(void *arg) {
         memcpy(j->record + j->hex_at, hex, 64);
         aw_ring_put(j->record, j->len, AW_PUT_STAMPED); /* from aw_format_event */
         free(j->record);
+        atomic_fetch_add_explicit(&hashed, 1, memory_order_relaxed);
 
         pthread_mutex_lock(&H.mu);
         H.queued_bytes -= j->size;

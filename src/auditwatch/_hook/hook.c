@@ -55,7 +55,8 @@ void aw_format_event_name(aw_buf *b, const char *event) {
 }
 
 void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObject *args,
-                     const char *action, const char *rule, const aw_limits *lim) {
+                     const char *action, const char *rule, const aw_limits *lim,
+                     aw_deferred_hash *defer) {
     PyThreadState *ts = AW_TSTATE();
     aw_stamp stamp = {aw_now_ns(), (int64_t)aw_gettid(), interp_id(ts)};
     char *at = aw_buf_extend(b, sizeof stamp);
@@ -66,7 +67,7 @@ void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObj
     else
         aw_format_event_name(b, event);
     aw_buf_puts(b, ",\"args\":");
-    aw_encode_args(b, args, lim);
+    aw_encode_args(b, args, lim, defer);
     aw_buf_puts(b, ",\"where\":");
     aw_encode_where(b, ts);
     aw_buf_puts(b, ",\"action\":\"");
@@ -78,6 +79,31 @@ void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObj
     }
 }
 
+/* Hand a record with a deferred bytecode hash to the hasher; 0 queued. Otherwise
+ * (queue full, out of memory) the hash is written in here and the caller queues it. */
+static int queue_hashed(aw_buf *b, aw_deferred_hash *d) {
+    const char *data = PyBytes_AS_STRING(d->bytes);
+    size_t size = (size_t)PyBytes_GET_SIZE(d->bytes);
+    /* The hasher's reference goes back with the GIL of the main interpreter
+     * (aw_hasher_release): a subinterpreter's bytecode is hashed here. */
+    char *record = !aw_in_main_interpreter() ? NULL : b->heap ? b->p : malloc(b->len);
+    if (record != NULL) {
+        if (!b->heap)
+            memcpy(record, b->p, b->len);
+        if (aw_hasher_submit(record, b->len, d->hex_at, (char *)data, size, d->bytes) == 0) {
+            if (b->heap)
+                b->p = NULL; /* not ours to free any more */
+            return 0;
+        }
+        if (!b->heap)
+            free(record);
+    }
+    char hex[65];
+    aw_sha256_hex(data, size, hex);
+    memcpy(b->p + d->hex_at, hex, 64);
+    return -1;
+}
+
 static uint64_t aw_record_event_with(const char *event, const char *event_json, PyObject *args,
                                      const char *action, const char *rule, const aw_limits *lim,
                                      int put_flags) {
@@ -85,10 +111,15 @@ static uint64_t aw_record_event_with(const char *event, const char *event_json, 
     char storage[2048];
     aw_buf b;
     aw_buf_init(&b, storage, sizeof storage);
-    aw_format_event(&b, event, event_json, args, action, rule, lim);
+    /* A large bytecode's hash (an exec of a module body) can be left to the hasher
+     * thread when nothing waits for this record. */
+    aw_deferred_hash defer = {NULL, 0};
+    aw_format_event(&b, event, event_json, args, action, rule, lim,
+                    (put_flags & AW_PUT_FLUSH) ? NULL : &defer);
     uint64_t ticket = 0;
-    if (!b.oom)
+    if (!b.oom && (defer.bytes == NULL || queue_hashed(&b, &defer) < 0))
         ticket = aw_ring_put(b.p, b.len, AW_PUT_STAMPED | put_flags);
+    Py_XDECREF(defer.bytes);
     aw_buf_free(&b);
     return ticket;
 }

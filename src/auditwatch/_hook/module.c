@@ -76,7 +76,8 @@ static PyObject *hook_status(PyObject *self, PyObject *noargs) {
     aw_ring_counters(&c);
     static const char *states[] = {"none", "sink", "spool", "lost"};
     const char *state = c.sink_state >= 0 && c.sink_state < 4 ? states[c.sink_state] : "?";
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s,s:O}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:s,s:s,s:O,"
+                         "s:K}",
                          "installed", aw_proc.installed, "run", aw_proc.run, "parent_run",
                          aw_proc.parent_run, "pid", (int)aw_proc.pid, "sink", aw_opts.sink,
                          "policy", aw_opts.policy == AW_POLICY_DROP ? "drop" : "wait", "queued",
@@ -87,7 +88,8 @@ static PyObject *hook_status(PyObject *self, PyObject *noargs) {
                          aw_hook_reentrant(), "denied", aw_hook_denied(), "ack_timeouts",
                          (unsigned long long)c.ack_timeouts, "sink_state", state,
                          "sink_error", c.sink_error, "open_code",
-                         aw_opencode_installed() ? Py_True : Py_False);
+                         aw_opencode_installed() ? Py_True : Py_False, "hashed_off_thread",
+                         aw_hasher_hashed());
 }
 
 static PyObject *hook_flush(PyObject *self, PyObject *args) {
@@ -127,7 +129,7 @@ static PyObject *hook_encode_args(PyObject *self, PyObject *args) {
         return NULL;
     aw_buf b;
     aw_buf_init(&b, NULL, 0);
-    aw_encode_args(&b, tuple, &aw_default_limits);
+    aw_encode_args(&b, tuple, &aw_default_limits, NULL);
     PyObject *res = b.oom ? PyErr_NoMemory() : PyUnicode_DecodeUTF8(b.p, (Py_ssize_t)b.len, "strict");
     aw_buf_free(&b);
     return res;

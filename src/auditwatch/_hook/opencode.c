@@ -383,10 +383,8 @@ static int read_code_file(PyObject *fs, PyObject *exact, PyObject **bytes, char 
 
 /* The open_code record with a placeholder where the hash goes, for the hasher
  * thread (hasher.c); takes *data when queued. 0 queued, -1 not (hash in place). */
-#define HEX_PLACEHOLDER "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-
 static int queue_open_code(PyObject *exact, size_t size, char **data, PyObject *bytes) {
-    PyObject *args = Py_BuildValue("(Ons)", exact, (Py_ssize_t)size, HEX_PLACEHOLDER);
+    PyObject *args = Py_BuildValue("(Ons)", exact, (Py_ssize_t)size, AW_HEX_PLACEHOLDER);
     if (args == NULL) {
         PyErr_Clear();
         return -1;
@@ -395,7 +393,7 @@ static int queue_open_code(PyObject *exact, size_t size, char **data, PyObject *
     aw_buf b;
     aw_buf_init(&b, NULL, 0);
     aw_format_event(&b, "auditwatch.open_code", OPEN_CODE_JSON, args, "record", NULL,
-                    &aw_default_limits);
+                    &aw_default_limits, NULL);
     Py_DECREF(args);
     /* The args array ends at the first `"],"where":` after the binary stamp (inside a
      * JSON string a quote is escaped): the placeholder is the 64 bytes before it. */
@@ -405,7 +403,7 @@ static int queue_open_code(PyObject *exact, size_t size, char **data, PyObject *
                     ? NULL
                     : memmem(b.p + json, b.len - json, END, sizeof END - 1);
     size_t at = end ? (size_t)(end - b.p) - 64 : 0;
-    if (end == NULL || end - (b.p + json) < 64 || memcmp(b.p + at, HEX_PLACEHOLDER, 64) != 0 ||
+    if (end == NULL || end - (b.p + json) < 64 || memcmp(b.p + at, AW_HEX_PLACEHOLDER, 64) != 0 ||
         aw_hasher_submit(b.p, b.len, at, *data ? *data : PyBytes_AS_STRING(bytes), size,
                          *data ? NULL : bytes) < 0) {
         aw_buf_free(&b);

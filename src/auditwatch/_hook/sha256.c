@@ -270,6 +270,8 @@ static int hex_with(const void *data, size_t n, char out[65], int extensions) {
 
 void aw_sha256_hex(const void *data, size_t n, char out[65]) { hex_with(data, n, out, 1); }
 
+int aw_sha256_fast(void) { return chosen() >= IMPL_SHANI; }
+
 int aw_sha256_hex_choosing(const void *data, size_t n, char out[65], int extensions) {
     return hex_with(data, n, out, extensions);
 }
