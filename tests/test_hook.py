@@ -206,6 +206,23 @@ def test_encoder_matches_the_hook(tmp_path):
     assert _auditwatch.encode_args(("a", 1, None, True, 1.5, (2,))) == '["a",1,null,true,1.5,[2]]'
 
 
+def test_bytes_that_are_not_text_are_base64_at_every_length():
+    # Bytes that are not UTF-8 are written as base64, three bytes at a time with the
+    # last one or two padded: every length up to the cap, every byte value.
+    import base64
+    import json
+    import os
+
+    import _auditwatch
+
+    for n in range(1, 257):
+        data = b"\xff" + os.urandom(n - 1)
+        (value,) = json.loads(_auditwatch.encode_args((data,)))
+        assert value["len"] == n and "trunc" not in value, n
+        assert base64.b64decode(value["b64"], validate=True) == data, n
+        assert value["b64"] == base64.b64encode(data).decode(), n
+
+
 def _awkward_strings() -> list[str]:
     # Every character that needs escaping or encoding, at every offset around the
     # encoder's 16- and 8-byte words, in runs of plain text long enough to cross several.

@@ -301,22 +301,28 @@ static int utf8_valid(const unsigned char *s, size_t n) {
 
 static void put_b64(aw_buf *b, const unsigned char *s, size_t n) {
     static const char T[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    aw_buf_putc(b, '"');
+    if (aw_buf_reserve(b, (n + 2) / 3 * 4 + 2) < 0)
+        return;
+    char *d = b->p + b->len;
+    *d++ = '"';
     size_t i = 0;
-    for (; i + 3 <= n; i += 3) {
-        char o[4] = {T[s[i] >> 2], T[((s[i] & 3) << 4) | (s[i + 1] >> 4)],
-                     T[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)], T[s[i + 2] & 63]};
-        aw_buf_put(b, o, 4);
+    for (; i + 3 <= n; i += 3, d += 4) {
+        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+        d[0] = T[v >> 18];
+        d[1] = T[(v >> 12) & 63];
+        d[2] = T[(v >> 6) & 63];
+        d[3] = T[v & 63];
     }
-    if (n - i == 1) {
-        char o[4] = {T[s[i] >> 2], T[(s[i] & 3) << 4], '=', '='};
-        aw_buf_put(b, o, 4);
-    } else if (n - i == 2) {
-        char o[4] = {T[s[i] >> 2], T[((s[i] & 3) << 4) | (s[i + 1] >> 4)], T[(s[i + 1] & 15) << 2],
-                     '='};
-        aw_buf_put(b, o, 4);
+    if (n - i) {
+        uint32_t v = (uint32_t)s[i] << 16 | (n - i == 2 ? (uint32_t)s[i + 1] << 8 : 0);
+        d[0] = T[v >> 18];
+        d[1] = T[(v >> 12) & 63];
+        d[2] = n - i == 2 ? T[(v >> 6) & 63] : '=';
+        d[3] = '=';
+        d += 4;
     }
-    aw_buf_putc(b, '"');
+    *d++ = '"';
+    b->len = (size_t)(d - b->p);
 }
 
 /* ---- values --------------------------------------------------------------- */
