@@ -322,6 +322,32 @@ def test_files_read_as_code_are_their_bytes_and_are_let_go(tmp_path):
     assert f["args"][1:] == [80000, sha(b"print(1)" * 10000)]
 
 
+def test_a_swapped_io_module_does_not_reach_the_open_code_hook(tmp_path):
+    # The hook returns the bytes it hashed in an _io.BytesIO it keeps per
+    # interpreter: code that swaps sys.modules['_io'] afterwards neither runs inside
+    # the hook nor changes what the next file read as code gives Python.
+    mod = tmp_path / "mod.py"
+    mod.write_text("x = 1\n")
+    code = f"""\
+        import io, sys, types
+        io.open_code({str(mod)!r}).close()
+        calls = []
+        class Evil:
+            def __init__(self, data):
+                calls.append(data)
+            def read(self):
+                return b"evil = 1"
+        fake = types.ModuleType("_io")
+        fake.BytesIO = Evil
+        sys.modules["_io"] = fake
+        with io.open_code({str(mod)!r}) as f:
+            print(type(f).__module__, type(f).__name__, f.read() == b"x = 1\\n", len(calls))
+    """
+    a = run_audited(tmp_path, code)
+    assert a.proc.stdout.split() == ["_io", "BytesIO", "True", "0"]
+    assert len([r for r in a.events("auditwatch.open_code") if arg_text(r["args"][0]) == str(mod)]) == 2
+
+
 def test_files_read_as_code_are_let_go_without_a_flush(tmp_path):
     # A process that stops reading code must not keep the last files it read: the
     # hasher's references are given back at the next recorded event too.

@@ -24,8 +24,9 @@
  *
  * Nothing here runs Python code on an event argument or a path handed to the hook:
  * a str subclass is copied to an exact str in C, paths are encoded in C, files are
- * read with open/read. The only Python-level objects called are _io.BytesIO, the
- * same dependency CPython's default open_code has on _io.open.
+ * read with open/read. The only Python-level object called is _io.BytesIO, the
+ * same dependency CPython's default open_code has on _io.open, looked up once per
+ * interpreter and kept where Python code cannot swap it (bytesio_type).
  */
 #include "aw.h"
 
@@ -413,6 +414,34 @@ static int queue_open_code(PyObject *exact, size_t size, char **data, PyObject *
     return 0;
 }
 
+/* _io.BytesIO (new reference), kept in the interpreter's own dict from the first
+ * file read as code on, during site start-up: later files neither look it up in
+ * sys.modules again (about 2,500 instructions a file) nor call whatever
+ * sys.modules['_io'] has become since. That dict is C's alone (Python code cannot
+ * reach it) and goes with its interpreter, so each interpreter keeps its own. */
+static PyObject *bytesio_type(void) {
+    PyThreadState *ts = AW_TSTATE();
+#if PY_VERSION_HEX >= 0x03090000
+    PyInterpreterState *interp = ts ? PyThreadState_GetInterpreter(ts) : NULL;
+#else
+    PyInterpreterState *interp = ts ? ts->interp : NULL;
+#endif
+    PyObject *kept = interp ? PyInterpreterState_GetDict(interp) : NULL;
+    PyObject *type = kept ? PyDict_GetItemString(kept, "auditwatch.BytesIO") : NULL;
+    if (type != NULL) {
+        Py_INCREF(type);
+        return type;
+    }
+    PyObject *io = PyImport_ImportModuleLevel("_io", NULL, NULL, NULL, 0);
+    if (io == NULL)
+        return NULL;
+    type = PyObject_GetAttrString(io, "BytesIO");
+    Py_DECREF(io);
+    if (type != NULL && kept != NULL && PyDict_SetItemString(kept, "auditwatch.BytesIO", type) < 0)
+        PyErr_Clear(); /* kept next time, or looked up again */
+    return type;
+}
+
 static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
     (void)userdata;
     PyObject *exact = NULL, *fs = NULL, *result = NULL, *bytes = NULL;
@@ -447,14 +476,10 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
             goto done;
         }
     }
-    PyObject *io = PyImport_ImportModuleLevel("_io", NULL, NULL, NULL, 0);
-    if (io != NULL) {
-        PyObject *bytesio = PyObject_GetAttrString(io, "BytesIO");
-        if (bytesio != NULL) {
-            result = PyObject_CallFunctionObjArgs(bytesio, bytes, NULL);
-            Py_DECREF(bytesio);
-        }
-        Py_DECREF(io);
+    PyObject *bytesio = bytesio_type();
+    if (bytesio != NULL) {
+        result = PyObject_CallFunctionObjArgs(bytesio, bytes, NULL);
+        Py_DECREF(bytesio);
     }
 done:
     free(data);
