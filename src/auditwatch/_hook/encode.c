@@ -682,9 +682,7 @@ typedef struct {
     int lasti, line;
 } line_entry;
 
-static __thread line_entry line_cache[LINE_CACHE];
-
-static int cached_line(PyFrameObject *f, PyCodeObject *co) {
+static int cached_line(line_entry *line_cache, PyFrameObject *f, PyCodeObject *co) {
 #if PY_VERSION_HEX >= 0x030B0000
     int lasti = PyFrame_GetLasti(f);
 #else
@@ -720,9 +718,16 @@ typedef struct {
     char text[FRAG_MAX];
 } frag_entry;
 
-static __thread frag_entry frag_cache[FRAG_CACHE];
+/* Both caches in one thread-local block: the extension is loaded with dlopen, so
+ * each thread-local variable costs a __tls_get_addr call per use. */
+typedef struct {
+    line_entry lines[LINE_CACHE];
+    frag_entry frags[FRAG_CACHE];
+} where_caches;
 
-static void put_where_prefix(aw_buf *b, PyCodeObject *co) {
+static __thread where_caches where_cache;
+
+static void put_where_prefix(frag_entry *frag_cache, aw_buf *b, PyCodeObject *co) {
     static const aw_limits where_limits = {512, 0, 0, 0, 4096};
     PyObject *file = co ? co->co_filename : NULL;
 #if PY_VERSION_HEX >= 0x030B0000
@@ -778,8 +783,9 @@ void aw_encode_where(aw_buf *b, PyThreadState *ts) {
     }
     PyCodeObject *co = f->f_code;
 #endif
-    int line = co ? cached_line(f, co) : PyFrame_GetLineNumber(f);
-    put_where_prefix(b, co);
+    where_caches *volatile cache = &where_cache; /* one __tls_get_addr (see above) */
+    int line = co ? cached_line(cache->lines, f, co) : PyFrame_GetLineNumber(f);
+    put_where_prefix(cache->frags, b, co);
     aw_buf_int(b, line);
     aw_buf_putc(b, '}');
 #if PY_VERSION_HEX >= 0x03090000

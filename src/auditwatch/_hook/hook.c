@@ -150,12 +150,15 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
     }
     if (action == AW_IGNORE)
         return 0;
-    if (in_hook) {
+    /* One thread-local lookup for all uses (in a dlopen'ed module each is a call);
+     * volatile keeps the compiler from computing the address again instead. */
+    int *volatile busy = &in_hook;
+    if (*busy) {
         /* Nothing we call raises events; if that ever changes, do not recurse. */
         atomic_fetch_add(&reentrant, 1);
         return 0;
     }
-    in_hook = 1;
+    *busy = 1;
 
     /* Keep an exception the caller already has pending: encoding may clear errors. */
     PyThreadState *ts = AW_TSTATE();
@@ -175,7 +178,7 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
         PyErr_Restore(et, ev, etb);
     else if (ts && PyErr_Occurred())
         PyErr_Clear();
-    in_hook = 0;
+    *busy = 0;
     if (action == AW_DENY && ts) {
         atomic_fetch_add(&denied, 1);
         PyErr_Format(PyExc_PermissionError, "auditwatch: '%.200s' denied by rule '%.200s'",

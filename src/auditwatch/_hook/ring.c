@@ -98,20 +98,25 @@ int aw_ring_locks_held(void) {
     return atomic_load_explicit(&threads_locking, memory_order_acquire) ? locks_held : 0;
 }
 
-void aw_lock(pthread_mutex_t *m) {
-    if (locks_held++ == 0)
+/* held: this thread's locks_held, looked up once by a caller that locks often
+ * (each use of a thread-local costs a __tls_get_addr call in a dlopen'ed module). */
+static inline void lock_counted(pthread_mutex_t *m, int *held) {
+    if ((*held)++ == 0)
         atomic_fetch_add_explicit(&threads_locking, 1, memory_order_acq_rel);
     pthread_mutex_lock(m);
 }
 
-void aw_unlock(pthread_mutex_t *m) {
+static inline void unlock_counted(pthread_mutex_t *m, int *held) {
     pthread_mutex_unlock(m);
-    if (--locks_held == 0) {
+    if (--*held == 0) {
         atomic_fetch_sub_explicit(&threads_locking, 1, memory_order_acq_rel);
         if (atomic_load_explicit(&aw_term_pending, memory_order_relaxed))
             aw_proc_deferred_term();
     }
 }
+
+void aw_lock(pthread_mutex_t *m) { lock_counted(m, &locks_held); }
+void aw_unlock(pthread_mutex_t *m) { unlock_counted(m, &locks_held); }
 
 /* Release the GIL around a wait when it is safe to: never without a thread state,
  * never during finalization (a daemon thread re-taking the GIL then would exit). */
@@ -163,7 +168,8 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
         deadline_in(&keep_deadline, aw_opts.flush_timeout + 3.0);
     PyThreadState *saved = NULL;
     int give_up = 0, term_wait = 0;
-    aw_lock(&R.mu);
+    int *volatile held = &locks_held;
+    lock_counted(&R.mu, held);
     while (R.cap - (R.head - R.tail) < need) {
         int can_wait = atomic_load(&R.writer_running) && !R.stop && !give_up &&
                        (keep || aw_opts.policy == AW_POLICY_WAIT);
@@ -172,17 +178,17 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
             R.c.dropped++;
             if (R.writer_waiting)
                 pthread_cond_signal(&R.not_empty);
-            aw_unlock(&R.mu);
+            unlock_counted(&R.mu, held);
             if (saved)
                 PyEval_RestoreThread(saved);
             return 0;
         }
         if (saved == NULL && may_release_gil) {
             /* Waiting for room can take a while: let other threads run meanwhile. */
-            aw_unlock(&R.mu);
+            unlock_counted(&R.mu, held);
             saved = maybe_release_gil(1);
             may_release_gil = 0;
-            aw_lock(&R.mu);
+            lock_counted(&R.mu, held);
             continue;
         }
         if (R.writer_waiting)
@@ -219,7 +225,7 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
         R.flush_ticket = ticket;
     if (R.writer_waiting || (flush && R.lingering))
         pthread_cond_signal(&R.not_empty);
-    aw_unlock(&R.mu);
+    unlock_counted(&R.mu, held);
     if (saved)
         PyEval_RestoreThread(saved);
     return ticket;
