@@ -253,7 +253,9 @@ def test_exec_records_carry_the_hash_of_the_bytecode(tmp_path):
     assert off_thread == "1", "only the large bytecode of the main interpreter goes off-thread"
     assert held == "0", "the hasher kept its reference to the bytecode"
     execs = {
-        r["args"][0]["file"]: r for r in a.events("exec") if r["args"][0]["file"] in ("small", "large", "sub")
+        r["args"][0]["file"]: r
+        for r in a.events("exec")
+        if r["args"][0]["file"] in ("small", "large", "sub")
     }
     assert execs["small"]["args"][0]["sha256"] == small_sha
     assert execs["large"]["args"][0]["sha256"] == large_sha
@@ -345,7 +347,8 @@ def test_a_swapped_io_module_does_not_reach_the_open_code_hook(tmp_path):
     """
     a = run_audited(tmp_path, code)
     assert a.proc.stdout.split() == ["_io", "BytesIO", "True", "0"]
-    assert len([r for r in a.events("auditwatch.open_code") if arg_text(r["args"][0]) == str(mod)]) == 2
+    reads = [r for r in a.events("auditwatch.open_code") if arg_text(r["args"][0]) == str(mod)]
+    assert len(reads) == 2
 
 
 def test_files_read_as_code_are_let_go_without_a_flush(tmp_path):
