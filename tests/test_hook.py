@@ -206,6 +206,38 @@ def test_encoder_matches_the_hook(tmp_path):
     assert _auditwatch.encode_args(("a", 1, None, True, 1.5, (2,))) == '["a",1,null,true,1.5,[2]]'
 
 
+def test_where_has_the_line_of_every_event_in_a_long_module(tmp_path):
+    # Line numbers come from a per-thread walk of each code object's line table that
+    # goes on from where the last lookup stopped: events in a module body going
+    # down, a loop going back up, a branch earlier in the code taken after a later
+    # one, and one code object met again after another must all get their own line.
+    lines = ["import sys"]
+    expected = []
+    for i in range(300):
+        lines.append(f"sys.audit('aw.test.line', {i})")
+        expected.append((i, len(lines)))
+        if i % 50 == 0:
+            lines.append("x = [n * 2 for n in range(3)]")
+    in_f = len(lines) + 2
+    lines += ["def f(k):", "    sys.audit('aw.test.line', k)", "for k in range(1000, 1003):"]
+    lines += ["    sys.audit('aw.test.line', k)", "    f(k + 100)"]
+    for k in range(1000, 1003):
+        expected += [(k, in_f + 2), (k + 100, in_f)]
+    # An event at an earlier offset than the one before it, never seen there yet.
+    lines += ["for j in range(2):", "    if j:", "        sys.audit('aw.test.line', 3000)"]
+    lines += ["    else:", "        sys.audit('aw.test.line', 3001)"]
+    expected += [(3001, len(lines)), (3000, len(lines) - 2)]
+    lines.append("sys.audit('aw.test.line', 2000)")
+    expected.append((2000, len(lines)))
+    module = tmp_path / "long_module.py"
+    module.write_text("\n".join(lines) + "\n")
+    a = run_audited(
+        tmp_path, f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import long_module"
+    )
+    got = [(r["args"][0], r["where"]["line"]) for r in a.events("aw.test.line")]
+    assert got == expected
+
+
 def test_bytes_that_are_not_text_are_base64_at_every_length():
     # Bytes that are not UTF-8 are written as base64, three bytes at a time with the
     # last one or two padded: every length up to the cap, every byte value.

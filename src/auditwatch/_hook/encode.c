@@ -682,32 +682,24 @@ typedef struct {
     int lasti, line;
 } line_entry;
 
-static int cached_line(line_entry *line_cache, PyFrameObject *f, PyCodeObject *co) {
-#if PY_VERSION_HEX >= 0x030B0000
-    int lasti = PyFrame_GetLasti(f);
-#else
-    int lasti = f->f_lasti;
-#endif
 #if PY_VERSION_HEX >= 0x030A0000
-    const void *table = co->co_linetable;
-#else
-    const void *table = co->co_lnotab;
-#endif
-    size_t slot = (((uintptr_t)co >> 4) ^ (uintptr_t)lasti) & (LINE_CACHE - 1);
-    line_entry *e = &line_cache[slot];
-    if (e->code == co && e->table == table && e->lasti == lasti)
-        return e->line;
-    int line = PyFrame_GetLineNumber(f);
-    e->code = co;
-    e->table = table;
-    e->lasti = lasti;
-    e->line = line;
-    return line;
-}
+/* A miss walks the line table, and CPython's own lookup (PyCode_Addr2Line) starts
+ * every walk at the table's first entry: in a module body whose imports each raise
+ * events, that is a walk from the top for every event. A per-thread entry per code
+ * object keeps where its last walk stopped (a PyCodeAddressRange, set up the way
+ * CPython's _PyLineTable_InitAddressRange does) and _PyCode_CheckLineNumber goes on
+ * from there. It only walks forward, as CPython does from the start: an earlier
+ * offset starts again from the top. The entry is used only while the code object
+ * and its table are the ones it was made for, at the same addresses and size, so
+ * its pointers stay inside the live table; a stale match costs a wrong line, never
+ * a read outside it. */
+#define WALK_CACHE 16
 
-/* The '{"file":...,"func":...,"line":' part of `where` depends only on the code
- * object: a per-thread cache keeps it encoded, under the same identity rules as
- * the line cache above. Longer fragments are simply not cached. */
+typedef struct {
+    const void *code, *table, *end;
+    PyCodeAddressRange range;
+} walk_entry;
+#endif
 
 #define FRAG_CACHE 32
 #define FRAG_MAX 320
@@ -718,14 +710,73 @@ typedef struct {
     char text[FRAG_MAX];
 } frag_entry;
 
-/* Both caches in one thread-local block: the extension is loaded with dlopen, so
- * each thread-local variable costs a __tls_get_addr call per use. */
+/* All of where's caches in one thread-local block: the extension is loaded with
+ * dlopen, so each thread-local variable costs a __tls_get_addr call per use. */
 typedef struct {
     line_entry lines[LINE_CACHE];
     frag_entry frags[FRAG_CACHE];
+#if PY_VERSION_HEX >= 0x030A0000
+    walk_entry walks[WALK_CACHE];
+#endif
 } where_caches;
 
 static __thread where_caches where_cache;
+
+#if PY_VERSION_HEX >= 0x030A0000
+static int walked_line(walk_entry *walks, PyCodeObject *co, int addrq) {
+    PyObject *table = co->co_linetable;
+    if (addrq < 0 || table == NULL || !PyBytes_Check(table))
+        return PyCode_Addr2Line(co, addrq);
+    const char *start = PyBytes_AS_STRING(table);
+    const char *end = start + PyBytes_GET_SIZE(table);
+    walk_entry *e = &walks[((uintptr_t)co >> 4) & (WALK_CACHE - 1)];
+    if (e->code != co || e->table != table || e->end != end || addrq < e->range.ar_start) {
+        e->code = co;
+        e->table = table;
+        e->end = end;
+        e->range.opaque.lo_next = (void *)start;
+        e->range.opaque.limit = (void *)end;
+        e->range.opaque.computed_line = co->co_firstlineno;
+        e->range.ar_start = -1;
+        e->range.ar_end = 0;
+        e->range.ar_line = -1;
+    }
+    return _PyCode_CheckLineNumber(addrq, &e->range);
+}
+#endif
+
+static int cached_line(where_caches *cache, PyFrameObject *f, PyCodeObject *co) {
+#if PY_VERSION_HEX >= 0x030B0000
+    int lasti = PyFrame_GetLasti(f); /* bytes */
+#else
+    int lasti = f->f_lasti; /* 3.10: code units */
+#endif
+#if PY_VERSION_HEX >= 0x030A0000
+    const void *table = co->co_linetable;
+#else
+    const void *table = co->co_lnotab;
+#endif
+    size_t slot = (((uintptr_t)co >> 4) ^ (uintptr_t)lasti) & (LINE_CACHE - 1);
+    line_entry *e = &cache->lines[slot];
+    if (e->code == co && e->table == table && e->lasti == lasti)
+        return e->line;
+#if PY_VERSION_HEX >= 0x030B0000
+    int line = walked_line(cache->walks, co, lasti);
+#elif PY_VERSION_HEX >= 0x030A0000
+    int line = walked_line(cache->walks, co, lasti < 0 ? lasti : lasti * 2);
+#else
+    int line = PyFrame_GetLineNumber(f);
+#endif
+    e->code = co;
+    e->table = table;
+    e->lasti = lasti;
+    e->line = line;
+    return line;
+}
+
+/* The '{"file":...,"func":...,"line":' part of `where` depends only on the code
+ * object: a per-thread cache keeps it encoded, under the same identity rules as
+ * the line cache above. Longer fragments are simply not cached. */
 
 static void put_where_prefix(frag_entry *frag_cache, aw_buf *b, PyCodeObject *co) {
     static const aw_limits where_limits = {512, 0, 0, 0, 4096};
@@ -784,7 +835,7 @@ void aw_encode_where(aw_buf *b, PyThreadState *ts) {
     PyCodeObject *co = f->f_code;
 #endif
     where_caches *volatile cache = &where_cache; /* one __tls_get_addr (see above) */
-    int line = co ? cached_line(cache->lines, f, co) : PyFrame_GetLineNumber(f);
+    int line = co ? cached_line(cache, f, co) : PyFrame_GetLineNumber(f);
     put_where_prefix(cache->frags, b, co);
     aw_buf_int(b, line);
     aw_buf_putc(b, '}');
