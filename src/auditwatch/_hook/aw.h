@@ -235,12 +235,14 @@ int aw_ring_locks_held(void);
 /* Lock a mutex the exit path needs (counted per thread: see ring.c). */
 void aw_lock(pthread_mutex_t *m);
 void aw_unlock(pthread_mutex_t *m);
-/* Hashing files read as code off the importing thread (hasher.c). submit takes
- * ownership of record when it returns 0, and of data when keep is NULL; else data
- * is keep's buffer, and keep gets a reference (GIL held) that aw_hasher_collect
- * gives back once the hash is made (GIL held, main interpreter). */
-int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
-                     PyObject *keep);
+/* Hashing off the importing thread (hasher.c): files read as code and large
+ * bytecode. submit queues the formatted record in b (an aw_stamp, then JSON, as
+ * aw_format_event makes it) whose 64-byte placeholder at hex_at the hasher fills
+ * with the hash of data. keep: the bytes object data belongs to, which gets a
+ * reference (GIL held) that aw_hasher_collect gives back once the hash is made;
+ * accepted in the main interpreter only. NULL: data is malloc'ed. 0 queued, and b's
+ * memory (and data when keep is NULL) is the hasher's; -1 nothing was taken. */
+int aw_hasher_submit(aw_buf *b, size_t hex_at, char *data, size_t size, PyObject *keep);
 extern atomic_int aw_hasher_done; /* 1: finished jobs hold references */
 unsigned long long aw_hasher_hashed(void); /* records the hasher thread hashed */
 void aw_hasher_release(void);

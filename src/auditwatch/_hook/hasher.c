@@ -105,17 +105,25 @@ void aw_hasher_atfork_child(void) {
     pthread_cond_init(&H.idle, NULL);
 }
 
-int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t size,
-                     PyObject *keep) {
-    if (hex_at + 64 > len)
+int aw_hasher_submit(aw_buf *b, size_t hex_at, char *data, size_t size, PyObject *keep) {
+    /* keep's reference can only go back in the main interpreter (aw_hasher_release). */
+    if (b->oom || hex_at + 64 > b->len || (keep != NULL && !aw_in_main_interpreter()))
         return -1;
-    job *j = malloc(sizeof *j);
-    if (j == NULL)
+    char *record = b->heap ? b->p : malloc(b->len);
+    job *j = record ? malloc(sizeof *j) : NULL;
+    if (j == NULL) {
+        if (!b->heap)
+            free(record);
         return -1;
-    *j = (job){NULL, record, len, hex_at, data, size, keep};
+    }
+    if (!b->heap)
+        memcpy(record, b->p, b->len);
+    *j = (job){NULL, record, b->len, hex_at, data, size, keep};
     aw_lock(&H.mu);
     if (H.queued_bytes + size > QUEUE_MAX) {
         aw_unlock(&H.mu);
+        if (!b->heap)
+            free(record);
         free(j);
         return -1;
     }
@@ -128,6 +136,8 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
         pthread_attr_destroy(&attr);
         if (rc != 0) {
             aw_unlock(&H.mu);
+            if (!b->heap)
+                free(record);
             free(j);
             return -1;
         }
@@ -141,9 +151,14 @@ int aw_hasher_submit(char *record, size_t len, size_t hex_at, char *data, size_t
     H.tail = j;
     H.queued_bytes += size;
     H.unfinished++;
-    Py_XINCREF(keep); /* the GIL is held: the caller is the open-code hook */
+    Py_XINCREF(keep); /* the GIL is held: the caller is a hook */
     pthread_cond_signal(&H.work);
     aw_unlock(&H.mu);
+    if (b->heap) { /* the record's memory is the job's now */
+        b->p = NULL;
+        b->heap = 0;
+        b->len = b->cap = 0;
+    }
     return 0;
 }
 

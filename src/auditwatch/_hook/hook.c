@@ -80,24 +80,13 @@ void aw_format_event(aw_buf *b, const char *event, const char *event_json, PyObj
 }
 
 /* Hand a record with a deferred bytecode hash to the hasher; 0 queued. Otherwise
- * (queue full, out of memory) the hash is written in here and the caller queues it. */
+ * (a subinterpreter, queue full, out of memory) the hash is written in here and the
+ * caller queues the record. */
 static int queue_hashed(aw_buf *b, aw_deferred_hash *d) {
-    const char *data = PyBytes_AS_STRING(d->bytes);
+    char *data = PyBytes_AS_STRING(d->bytes);
     size_t size = (size_t)PyBytes_GET_SIZE(d->bytes);
-    /* The hasher's reference goes back with the GIL of the main interpreter
-     * (aw_hasher_release): a subinterpreter's bytecode is hashed here. */
-    char *record = !aw_in_main_interpreter() ? NULL : b->heap ? b->p : malloc(b->len);
-    if (record != NULL) {
-        if (!b->heap)
-            memcpy(record, b->p, b->len);
-        if (aw_hasher_submit(record, b->len, d->hex_at, (char *)data, size, d->bytes) == 0) {
-            if (b->heap)
-                b->p = NULL; /* not ours to free any more */
-            return 0;
-        }
-        if (!b->heap)
-            free(record);
-    }
+    if (aw_hasher_submit(b, d->hex_at, data, size, d->bytes) == 0)
+        return 0;
     char hex[65];
     aw_sha256_hex(data, size, hex);
     memcpy(b->p + d->hex_at, hex, 64);

@@ -400,12 +400,11 @@ static int queue_open_code(PyObject *exact, size_t size, char **data, PyObject *
      * JSON string a quote is escaped): the placeholder is the 64 bytes before it. */
     static const char END[] = "\"],\"where\":";
     size_t json = sizeof(aw_stamp);
-    char *end = b.oom || !b.heap || b.len < json
-                    ? NULL
-                    : memmem(b.p + json, b.len - json, END, sizeof END - 1);
+    char *end = b.oom || b.len < json ? NULL
+                                      : memmem(b.p + json, b.len - json, END, sizeof END - 1);
     size_t at = end ? (size_t)(end - b.p) - 64 : 0;
     if (end == NULL || end - (b.p + json) < 64 || memcmp(b.p + at, AW_HEX_PLACEHOLDER, 64) != 0 ||
-        aw_hasher_submit(b.p, b.len, at, *data ? *data : PyBytes_AS_STRING(bytes), size,
+        aw_hasher_submit(&b, at, *data ? *data : PyBytes_AS_STRING(bytes), size,
                          *data ? NULL : bytes) < 0) {
         aw_buf_free(&b);
         return -1;
