@@ -127,12 +127,8 @@ __attribute__((visibility("default"))) int auditwatch_preinit_launcher(const cha
 
 /* ---- each interpreter ----------------------------------------------------------------- */
 
-static int set_parent_run(void) {
-    PyObject *os = PyImport_ImportModule("os");
-    if (os == NULL)
-        return -1;
+static int set_parent_run(PyObject *os) {
     PyObject *environ = PyObject_GetAttrString(os, "environ");
-    Py_DECREF(os);
     if (environ == NULL)
         return -1;
     /* The native code exported the run into the C environment; os.environ is a copy
@@ -151,7 +147,10 @@ PyObject *aw_after_fork_in_child(PyObject *module, PyObject *noargs) {
     (void)module, (void)noargs;
     if (aw_installed())
         aw_writer_ensure();
-    if (set_parent_run() < 0)
+    PyObject *os = PyImport_ImportModule("os");
+    int rc = os ? set_parent_run(os) : -1;
+    Py_XDECREF(os);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -165,7 +164,7 @@ int aw_finish_interpreter(PyObject *module) {
     if (current != NULL && current != exit_fn) { /* else: this interpreter is done */
         /* os._exit skips every exit handler: route it through the recorder so the
          * process still leaves an exit record. */
-        rc = set_parent_run() < 0 || PyObject_SetAttrString(posix, "_exit", exit_fn) < 0 ||
+        rc = set_parent_run(os) < 0 || PyObject_SetAttrString(posix, "_exit", exit_fn) < 0 ||
                      PyObject_SetAttrString(os, "_exit", exit_fn) < 0
                  ? -1
                  : 0;

@@ -1,6 +1,6 @@
 /* SHA-256 (FIPS 180-4): the hook's one-shot hex digest and an incremental interface.
  *
- * Self-contained (no Python.h): sha256.c is compiled into auditwatch._hook and into
+ * Self-contained (no Python.h): sha256.c is compiled into _auditwatch and into
  * the collector's auditwatch._ingest, which must not depend on the hook's headers. */
 #ifndef AW_SHA256_H
 #define AW_SHA256_H

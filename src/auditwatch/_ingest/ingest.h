@@ -1,8 +1,8 @@
 /* auditwatch._ingest: the collector's hot loops in C.
  *
- * Imported by the collector only, never inside an audited process (that is
- * auditwatch._hook's place). Each function works on a whole chunk of records per
- * call, so the Python overhead is paid per chunk, not per record.
+ * Imported by the collector only, never inside an audited process (that is the
+ * _auditwatch extension's place). Each function works on a whole chunk of records
+ * per call, so the Python overhead is paid per chunk, not per record.
  */
 #ifndef AW_INGEST_H
 #define AW_INGEST_H
