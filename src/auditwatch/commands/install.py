@@ -21,7 +21,8 @@ from pathlib import Path
 
 import click
 
-CONFIG = "auditwatch.conf"
+from auditwatch.runtime import CONFIG_NAME as CONFIG  # where the bootstrap looks
+
 STATE = "auditwatch.install.json"
 BACKUP_DIR = ".auditwatch-originals"
 LAUNCHER = "auditwatch-python"
