@@ -39,6 +39,32 @@ def test_startup_is_on_record_with_the_launcher(tmp_path):
     assert seqs["import"] < cmd["seq"]
 
 
+def _compiled_texts(a) -> list[str]:
+    texts = []
+    for r in a.events("compile"):
+        source = r["args"][0]
+        if isinstance(source, dict):
+            source = source.get("text", source.get("v", ""))
+        texts.append(str(source))
+    return texts
+
+
+@pytest.mark.parametrize("how", ["launcher", "site"])
+def test_pth_in_a_process_with_the_recorder_does_not_compile_its_guard(tmp_path, how):
+    # auditwatch.pth guards the first import of the extension with a `try` it has to
+    # compile; where the recorder is already in the process (the launcher's, or a
+    # subinterpreter's parent) AUDITWATCH_LOADED_PID lets it import directly, so no
+    # such compile is on record (docs/config.md). A subinterpreter runs site, and
+    # the .pth, again.
+    pytest.importorskip("_testcapi")
+    code = "import _testcapi; _testcapi.run_in_subinterp('import sys'); print('ok')"
+    a = run_launched(tmp_path, "-c", code) if how == "launcher" else run_audited(tmp_path, code)
+    assert a.proc.stdout.strip() == "ok"
+    pth_lines = [t for t in _compiled_texts(a) if "AUDITWATCH_LOADED_PID" in t]
+    assert pth_lines, "the .pth line itself is compiled by site: it must be on record"
+    assert not [t for t in _compiled_texts(a) if t.startswith("try: import _auditwatch")]
+
+
 def test_startup_is_not_on_record_without_it(tmp_path):
     a = run_audited(tmp_path, STATUS + "; import json; print(_auditwatch.status()['open_code'])")
     assert a.proc.stdout.split() == ["site", "True"]
