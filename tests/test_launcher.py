@@ -55,14 +55,20 @@ def test_pth_in_a_process_with_the_recorder_does_not_compile_its_guard(tmp_path,
     # compile; where the recorder is already in the process (the launcher's, or a
     # subinterpreter's parent) AUDITWATCH_LOADED_PID lets it import directly, so no
     # such compile is on record (docs/config.md). A subinterpreter runs site, and
-    # the .pth, again.
+    # the .pth, again. On 3.8 a subinterpreter's os.environ is the copy the main
+    # interpreter took at start-up, before site installed the recorder: there the
+    # guard is compiled, and on record.
     pytest.importorskip("_testcapi")
     code = "import _testcapi; _testcapi.run_in_subinterp('import sys'); print('ok')"
     a = run_launched(tmp_path, "-c", code) if how == "launcher" else run_audited(tmp_path, code)
     assert a.proc.stdout.strip() == "ok"
     pth_lines = [t for t in _compiled_texts(a) if "AUDITWATCH_LOADED_PID" in t]
     assert pth_lines, "the .pth line itself is compiled by site: it must be on record"
-    assert not [t for t in _compiled_texts(a) if t.startswith("try: import _auditwatch")]
+    guards = [t for t in _compiled_texts(a) if t.startswith("try: import _auditwatch")]
+    if how == "site" and sys.version_info < (3, 9):
+        assert len(guards) == 1
+    else:
+        assert not guards
 
 
 def test_startup_is_not_on_record_without_it(tmp_path):
