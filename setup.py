@@ -1,9 +1,10 @@
 """Build of the native parts; the metadata lives in pyproject.toml.
 
 Three things need code here: the C extensions (strict warnings, optional sanitizers),
-shipping ``auditwatch.pth`` at the root of site-packages, which is how every
-Python started with auditwatch's environment gets audited (coverage.py's approach
-to measuring subprocesses), and the ``auditwatch-python`` launcher: a C program
+shipping ``auditwatch.pth`` at the root of site-packages (beside ``_auditwatch_boot``,
+the module its one line imports), which is how every Python started with
+auditwatch's environment gets audited (coverage.py's approach to measuring
+subprocesses), and the ``auditwatch-python`` launcher: a C program
 linked against the building interpreter's libpython, installed as a script into the
 environment's ``bin/`` (docs/launcher.md).
 """

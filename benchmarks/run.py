@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import py_compile
 import random
 import shutil
 import statistics
@@ -223,11 +224,13 @@ def count_table(res: dict[str, tuple[float, float]]) -> str:
 
 def pth_venvs() -> dict[str, Path]:
     """Two empty virtual environments of this Python, "with-pth" holding this build's
-    auditwatch.pth only: what every process of an environment pays for the line."""
+    auditwatch.pth and the module its line imports, compiled as pip compiles it: what
+    every process of an environment pays for the bootstrap when nothing asks for it."""
     import auditwatch
 
-    pth = Path(auditwatch.__file__).resolve().parent.parent / "auditwatch.pth"
-    if not pth.exists():
+    root = Path(auditwatch.__file__).resolve().parent.parent
+    pth, boot = root / "auditwatch.pth", root / "_auditwatch_boot.py"
+    if not (pth.exists() and boot.exists()):
         raise SystemExit(f"{pth} not found: install auditwatch (not editable) first")
     venvs = {}
     for name in ("bare", "with-pth"):
@@ -237,6 +240,8 @@ def pth_venvs() -> dict[str, Path]:
         venvs[name] = venv
     site = next((venvs["with-pth"] / "lib").glob("python*/site-packages"))
     shutil.copyfile(pth, site / "auditwatch.pth")
+    shutil.copyfile(boot, site / boot.name)
+    py_compile.compile(str(site / boot.name), doraise=True)
     return venvs
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from auditwatch.records import text
-from helpers import run_audited
+from helpers import read_records, run_audited
 
 
 def test_start_record_describes_the_process(tmp_path):
@@ -510,6 +510,37 @@ def test_an_extension_that_does_not_load_is_said_and_required_auditing_exits(tmp
     else:
         assert p.returncode == 0 and p.stdout.strip() == "ran"
     assert not (tmp_path / "records.jsonl").exists()
+
+
+def test_a_program_that_execs_into_a_python_that_cannot_load_the_extension_exits(tmp_path):
+    # exec keeps the pid and the environment: the new image sees the recorder's
+    # AUDITWATCH_LOADED_PID as its own. Its first import of the extension is guarded
+    # all the same, so auditing that is required stops it rather than letting it run
+    # unaudited.
+    import os
+    import shutil
+    import subprocess
+
+    import auditwatch
+
+    site_packages = Path(auditwatch.__file__).parent.parent
+    shutil.copy(site_packages / "auditwatch.pth", tmp_path)
+    (tmp_path / "_auditwatch.py").write_text("raise ImportError('undefined symbol: Py_Nothing')\n")
+    after = f"import site, sys; sys.path.insert(0, {str(tmp_path)!r}); site.addsitedir({str(tmp_path)!r}); print('ran')"
+    code = f"import os, sys; os.execv(sys.executable, [sys.executable, '-S', '-c', {after!r}])"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH")}
+    env.update(
+        AUDITWATCH_SINK=f"file:{tmp_path}/records.jsonl",
+        AUDITWATCH_REQUIRED="1",
+        PYTHONPATH=str(site_packages),
+    )
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "cannot load the native hook (ImportError: undefined symbol: Py_Nothing)" in p.stderr
+    assert p.returncode == 70 and "AUDITWATCH_REQUIRED=1, exiting" in p.stderr
+    assert "ran" not in p.stdout
+    records = read_records(tmp_path / "records.jsonl")  # the first image's, to its exec
+    assert len([r for r in records if r["kind"] == "start"]) == 1
+    assert any(r.get("event") == "os.exec" for r in records)
 
 
 def test_event_table_globs_exact_prefix_and_wildcards(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def env_dir(tmp_path) -> Path:
     site = Path(sysconfig.get_path("purelib"))
     (target,) = (root / "lib").glob("python*/site-packages")
     shutil.copytree(site / "auditwatch", target / "auditwatch")
-    shutil.copy2(site / "auditwatch.pth", target / "auditwatch.pth")
+    for name in ("auditwatch.pth", "_auditwatch_boot.py"):  # the line, and what it imports
+        shutil.copy2(site / name, target / name)
+    py_compile.compile(str(target / "_auditwatch_boot.py"), doraise=True)  # as pip does
     for native in site.glob("_auditwatch*.so"):  # the recorder: a top-level extension
         shutil.copy2(native, target / native.name)
     shutil.copy2(launcher_path(), root / "bin" / "auditwatch-python")

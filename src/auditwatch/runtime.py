@@ -1,11 +1,12 @@
 """Starting the recorder from Python, and reading its counters.
 
-An audited process does not import this module: ``auditwatch.pth`` imports the
-``_auditwatch`` extension alone and calls its ``bootstrap()`` when the environment
-asks for auditing (``AUDITWATCH_SINK`` is set). This module is for
-:func:`auditwatch.start`, for the tools, and for the rare start-up that cannot load
-the extension. It imports only the standard library and the extension, and the
-native hook does all the recording: nothing here is on the path of an event.
+An audited process does not import this module: ``auditwatch.pth`` imports
+``_auditwatch_boot``, which imports the ``_auditwatch`` extension alone and calls its
+``bootstrap()`` when the environment asks for auditing (``AUDITWATCH_SINK`` is set).
+This module is for :func:`auditwatch.start`, for the tools, and for the rare
+start-up that cannot load the extension. It imports only the standard library and
+the extension, and the native hook does all the recording: nothing here is on the
+path of an event.
 
 Environment (read by the native code, so the launcher can use it before Python
 starts):
@@ -41,7 +42,7 @@ EX_SOFTWARE = 70
 
 
 def cannot_load() -> None:
-    """``auditwatch.pth``'s answer when importing the extension fails (called while
+    """``_auditwatch_boot``'s answer when importing the extension fails (called while
     that exception is handled): warn, and exit (status 70) when auditing is
     required, as the extension's bootstrap would."""
     exc = sys.exc_info()[1]

@@ -1,8 +1,9 @@
 /* Start-up: what auditwatch.pth and the launcher run to switch auditing on.
  *
- * Every audited process pays for this, so it is all in the extension: the .pth line
- * imports `_auditwatch` (one top-level extension, found in site-packages' finder
- * cache) and calls bootstrap(); no Python module of auditwatch is loaded. Importing
+ * Every audited process pays for this, so it is all in the extension: auditwatch.pth
+ * imports `_auditwatch_boot`, which imports `_auditwatch` (one top-level extension,
+ * found in site-packages' finder cache) and calls bootstrap(); no module of the
+ * auditwatch package is loaded. Importing
  * the package, `runtime` and the extension instead cost three times the
  * instructions of this (docs/performance.md, "Start-up").
  *

@@ -81,8 +81,8 @@ static void build_prefix(void) {
 }
 
 /* Children inherit the link to this run through the environment. The pid says that
- * this process has the extension loaded: auditwatch.pth in a subinterpreter, or
- * after the launcher, imports it directly instead of guarding a first load. */
+ * this process has the recorder: _auditwatch_boot (auditwatch.pth) loads it in a
+ * subinterpreter, or after the launcher, whatever else asks for auditing there. */
 static void export_run(void) {
     char pid[24];
     snprintf(pid, sizeof pid, "%d", (int)getpid());
