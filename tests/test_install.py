@@ -135,6 +135,7 @@ def test_install_without_launcher_uses_the_bootstrap(tmp_path, env_dir):
 def test_doctor_reports_how_and_what_is_not_covered(tmp_path, env_dir):
     d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
     assert d["how"].startswith("on demand") and d["new_process"]["installed"] is None
+    assert d["boot_module"].endswith("site-packages/_auditwatch_boot.py")
     aw("install", "--venv", str(env_dir), "--launcher", "--sink", f"file:{tmp_path / 'r.jsonl'}")
     d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
     assert d["python_is_launcher"] and d["new_process"]["installed"] == "pre-init"
@@ -145,6 +146,22 @@ def test_doctor_reports_how_and_what_is_not_covered(tmp_path, env_dir):
     text = aw("doctor", "--venv", str(env_dir)).stdout
     assert "not covered:" in text and "collector:   seals with" in text
     aw("uninstall", "--venv", str(env_dir))
+
+
+def test_doctor_says_when_the_module_the_pth_line_imports_is_missing(tmp_path, env_dir):
+    (site,) = (env_dir / "lib").glob("python*/site-packages")
+    (site / "_auditwatch_boot.py").unlink()
+    for pyc in (site / "__pycache__").glob("_auditwatch_boot.*"):
+        pyc.unlink()
+    d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
+    assert d["how"].startswith("broken: ") and "_auditwatch_boot.py" in d["how"]
+    assert d["boot_module"] is None
+    env = dict(clean_env(), AUDITWATCH_SINK=f"file:{tmp_path / 'r.jsonl'}")
+    p = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", "pass"], env=env, capture_output=True, text=True
+    )
+    assert "auditwatch.pth" in p.stderr and "_auditwatch_boot" in p.stderr  # site says so
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_a_broken_config_stops_processes_instead_of_running_unaudited(tmp_path, env_dir):

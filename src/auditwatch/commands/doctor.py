@@ -14,6 +14,9 @@ import click
 
 from auditwatch.commands.install import CONFIG, LAUNCHER, STATE, python_names
 
+# What auditwatch.pth's one line imports, beside it in site-packages.
+BOOT_MODULE = "_auditwatch_boot.py"
+
 
 def _probe(python: Path, env: dict[str, str]) -> dict:
     """What a plain start of the environment's python reports about its hook."""
@@ -40,6 +43,9 @@ def diagnose(root: Path) -> dict:
     bindir = root / "bin"
     launcher = bindir / LAUNCHER
     pth = glob.glob(str(root / "lib*" / "python*" / "site-packages" / "auditwatch.pth"))
+    # The .pth line only imports this module, which decides and loads the recorder.
+    boot = [str(Path(p).parent / BOOT_MODULE) for p in pth]
+    boot_missing = [b for b in boot if not os.path.exists(b)]
     config = root / CONFIG
     state = json.loads((root / STATE).read_text()) if (root / STATE).exists() else None
     python = bindir / "python"
@@ -55,7 +61,13 @@ def diagnose(root: Path) -> dict:
         this_process = _auditwatch.status().get("installed")
     except ImportError:
         this_process = None
-    if python_is_launcher and config.exists():
+    if boot_missing:
+        how = (
+            f"broken: {boot_missing[0]}, which auditwatch.pth imports, is missing: every "
+            "start-up prints an error for the line and is not audited from site; "
+            "reinstall auditwatch (pip install --force-reinstall auditwatch)"
+        )
+    elif python_is_launcher and config.exists():
         how = "always on, launcher: hooks installed before Py_Initialize (installed: pre-init)"
     elif config.exists():
         how = "always on, site: the .pth bootstrap installs the hook at site start-up"
@@ -108,6 +120,7 @@ def diagnose(root: Path) -> dict:
         "python": sys.version.split()[0],
         "how": how,
         "pth": pth[0] if pth else None,
+        "boot_module": boot[0] if boot and not boot_missing else None,
         "launcher": str(launcher) if launcher.is_file() else None,
         "python_is_launcher": python_is_launcher,
         "config": str(config) if config.exists() else None,
@@ -142,7 +155,8 @@ def command(venv: str | None, as_json: bool) -> None:
         return
     click.echo(f"environment: {d['environment']} (Python {d['python']})")
     click.echo(f"how:         {d['how']}")
-    click.echo(f"bootstrap:   {d['pth'] or 'missing'}")
+    boot = d["boot_module"] or "its module: missing"
+    click.echo(f"bootstrap:   {d['pth'] or 'missing'} (imports {boot})")
     click.echo(
         f"launcher:    {d['launcher'] or 'missing'}"
         + (" (is bin/python)" if d["python_is_launcher"] else "")
