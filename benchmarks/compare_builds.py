@@ -11,15 +11,30 @@ environment, alternating, so both see the same machine state. Without
 both, as long as the older build has the API it calls); with it, the older build
 runs its own copy. Prints a markdown table: records/s, median of the rounds and
 min-max.
+
+    python benchmarks/compare_builds.py --base-python /tmp/old/bin/python --startup \
+        [--repeat 10] [--runs 20]
+
+With --startup it times whole start-ups instead (wall clock): `python -c pass` and
+the 25 standard-library imports of bench_workloads, each under both builds, not asked
+to audit and audited from site (AUDITWATCH_SINK, a file), the four cases of a round
+in a shuffled order; each round keeps the median of --runs starts. Both environments
+should hold nothing but auditwatch, so that only the build differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+from bench_workloads import PROGRAMS
 
 _CODE = (
     "import sys, tempfile; sys.path.insert(0, {bench!r}); import bench_collector as b; "
@@ -45,7 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--per", type=int, default=10_000, help="records per sender")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--startup", action="store_true", help="time start-ups instead")
+    ap.add_argument("--runs", type=int, default=20, help="--startup: starts per case per round")
     args = ap.parse_args(argv)
+    if args.startup:
+        startup(args.base_python, args.repeat, args.runs)
+        return
     here = str(Path(__file__).resolve().parent)
     base_bench = args.base_benchmarks or here
     builds = {"base": (args.base_python, base_bench), "this": (sys.executable, here)}
@@ -62,6 +82,43 @@ def main(argv: list[str] | None = None) -> None:
     for name, xs in results.items():
         label = f"{name} ({builds[name][0]})"
         print(f"| {label} | {statistics.median(xs):,.0f} | {min(xs):,.0f} – {max(xs):,.0f} |")
+
+
+def startup(base_python: str, rounds: int, runs: int) -> None:
+    """Wall-clock ms of whole start-ups of both builds, interleaved (module docstring)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDITWATCH_", "PYTHON"))}
+    builds = {"base": base_python, "this": sys.executable}
+    results: dict[tuple[str, str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        audited = dict(env, AUDITWATCH_SINK=f"file:{tmp}/records.jsonl")
+        ways = {"not asked": env, "audited": audited}
+        for _ in range(rounds):
+            cases = [(p, b, w) for p in PROGRAMS for b in builds for w in ways]
+            random.shuffle(cases)
+            for program, build, way in cases:
+                argv = [builds[build], "-c", PROGRAMS[program]]
+                times = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    subprocess.run(argv, env=ways[way], check=True, cwd="/")
+                    times.append((time.perf_counter() - t0) * 1000)
+                results.setdefault((program, build, way), []).append(statistics.median(times))
+            if os.path.exists(f"{tmp}/records.jsonl"):
+                os.unlink(f"{tmp}/records.jsonl")
+    print(f"base: {base_python}\nthis: {sys.executable}\n{rounds} rounds of {runs} starts\n")
+    print("| start-up | build | not asked (ms) | audited (ms) | audited - not asked |")
+    print("|---|---|---:|---:|---:|")
+    for program in PROGRAMS:
+        for build in builds:
+            plain = results[(program, build, "not asked")]
+            aud = results[(program, build, "audited")]
+            diffs = [a - b for a, b in zip(aud, plain)]
+            print(
+                f"| {program} | {build} | {statistics.median(plain):.2f} "
+                f"({min(plain):.2f}-{max(plain):.2f}) | {statistics.median(aud):.2f} "
+                f"({min(aud):.2f}-{max(aud):.2f}) | {statistics.median(diffs):+.2f} "
+                f"({min(diffs):+.2f} to {max(diffs):+.2f}) |"
+            )
 
 
 if __name__ == "__main__":
