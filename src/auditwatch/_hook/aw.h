@@ -242,6 +242,7 @@ void aw_unlock(pthread_mutex_t *m);
  * reference (GIL held) that aw_hasher_collect gives back once the hash is made;
  * accepted in the main interpreter only. NULL: data is malloc'ed. 0 queued, and b's
  * memory (and data when keep is NULL) is the hasher's; -1 nothing was taken. */
+int aw_hasher_worth(size_t size);
 int aw_hasher_submit(aw_buf *b, size_t hex_at, char *data, size_t size, PyObject *keep);
 extern atomic_int aw_hasher_done; /* 1: finished jobs hold references */
 unsigned long long aw_hasher_hashed(void); /* records the hasher thread hashed */

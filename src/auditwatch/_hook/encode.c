@@ -333,15 +333,6 @@ typedef struct {
     aw_deferred_hash *defer;
 } enc_ctx;
 
-/* Bytecode this large is hashed by the hasher thread when the caller allows it.
- * Queueing the job and giving its reference back later cost about 900 instructions
- * here (callgrind, the 25-import start-up); hashing here costs about 500 a hash
- * plus 2,700 a 64-byte block with the portable rounds (callgrind on
- * _auditwatch._sha256) or about 150 with the SHA extensions (counted in
- * compress_shani: valgrind does not run them). Below these sizes hashing here is
- * as cheap. */
-#define DEFER_HASH_MIN_PORTABLE 64
-#define DEFER_HASH_MIN_FAST 256
 
 static Py_ssize_t str_cap(aw_buf *b, const enc_ctx *cx) {
     size_t used = b->len - cx->start;
@@ -579,8 +570,7 @@ static void put_code(aw_buf *b, PyCodeObject *co, const enc_ctx *cx) {
     if (bytecode && PyBytes_Check(bytecode)) {
         size_t n = (size_t)PyBytes_GET_SIZE(bytecode);
         aw_buf_puts(b, ",\"sha256\":\"");
-        if (cx->defer && cx->defer->bytes == NULL &&
-            n >= (aw_sha256_fast() ? DEFER_HASH_MIN_FAST : DEFER_HASH_MIN_PORTABLE)) {
+        if (cx->defer && cx->defer->bytes == NULL && aw_hasher_worth(n)) {
             cx->defer->hex_at = b->len;
             aw_buf_put(b, AW_HEX_PLACEHOLDER, 64);
             cx->defer->bytes = bytecode; /* our reference goes to the caller */

@@ -3,8 +3,8 @@
  * SHA-256 of every module file, and of the bytecode of every module body that is
  * exec'd, is most of what auditing adds to a start-up that imports many modules.
  * When nothing waits for the hash (no manifest, and the event is recorded rather
- * than flushed or denied), the open-code hook, and the hook for an `exec` whose code
- * object's bytecode is past a few blocks (encode.c, hook.c), format the record with a
+ * than flushed or denied), the open-code hook, and the hook for an `exec` (encode.c,
+ * hook.c), for data past the size of aw_hasher_worth, format the record with a
  * placeholder where the hash goes and hand it, with the bytes, to this thread, which
  * hashes them, writes the hash in and queues the record. The record keeps the time
  * of its event; it reaches the ring a little later than the events after it. The
@@ -103,6 +103,22 @@ void aw_hasher_atfork_child(void) {
     pthread_mutex_unlock(&H.mu); /* the ring's child handler resets the lock count */
     pthread_cond_init(&H.work, NULL);
     pthread_cond_init(&H.idle, NULL);
+}
+
+/* Whether hashing this many bytes on the hasher thread saves the caller time.
+ * Queueing the job and giving its reference back later cost about 900 instructions
+ * (callgrind, the 25-import start-up), and a job for a sleeping hasher costs a
+ * futex wake-up and a context switch. Hashing in place costs about 500 a hash plus
+ * 2,700 a 64-byte block with the portable rounds (callgrind on _auditwatch._sha256),
+ * or about 150 with the SHA extensions (counted in compress_shani: valgrind does not
+ * run them), where 16 KiB take about 38,000: below that, handing files over cost the
+ * 25-import start-up more CPU and context switches than it saved, for no gain in
+ * wall clock (perf stat; docs/performance.md). */
+#define DEFER_HASH_MIN_PORTABLE 64
+#define DEFER_HASH_MIN_FAST (16 << 10)
+
+int aw_hasher_worth(size_t size) {
+    return size >= (aw_sha256_fast() ? DEFER_HASH_MIN_FAST : DEFER_HASH_MIN_PORTABLE);
 }
 
 int aw_hasher_submit(aw_buf *b, size_t hex_at, char *data, size_t size, PyObject *keep) {

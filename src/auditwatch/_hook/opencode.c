@@ -458,7 +458,8 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
      * nothing waits for it when it is only recorded: it is made off this thread. */
     int hash_here = manifest != NULL ||
                     (action != AW_IGNORE &&
-                     (action != AW_RECORD || queue_open_code(exact, size, &data, bytes) < 0));
+                     (action != AW_RECORD || !aw_hasher_worth(size) ||
+                      queue_open_code(exact, size, &data, bytes) < 0));
     if (hash_here) {
         char hex[65];
         aw_sha256_hex(PyBytes_AS_STRING(bytes), size, hex);
