@@ -136,6 +136,10 @@ def test_doctor_reports_how_and_what_is_not_covered(tmp_path, env_dir):
     d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
     assert d["how"].startswith("on demand") and d["new_process"]["installed"] is None
     assert d["boot_module"].endswith("site-packages/_auditwatch_boot.py")
+    assert (
+        d["boot_module_compiled"]
+        and "compileall" not in aw("doctor", "--venv", str(env_dir)).stdout
+    )
     aw("install", "--venv", str(env_dir), "--launcher", "--sink", f"file:{tmp_path / 'r.jsonl'}")
     d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
     assert d["python_is_launcher"] and d["new_process"]["installed"] == "pre-init"
@@ -162,6 +166,16 @@ def test_doctor_says_when_the_module_the_pth_line_imports_is_missing(tmp_path, e
     )
     assert "auditwatch.pth" in p.stderr and "_auditwatch_boot" in p.stderr  # site says so
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_doctor_says_when_the_boot_module_is_not_compiled(env_dir):
+    (site,) = (env_dir / "lib").glob("python*/site-packages")
+    for pyc in (site / "__pycache__").glob("_auditwatch_boot.*"):
+        pyc.unlink()
+    d = json.loads(aw("doctor", "--venv", str(env_dir), "--json").stdout)
+    assert d["boot_module"] and not d["boot_module_compiled"]
+    text = aw("doctor", "--venv", str(env_dir)).stdout
+    assert f"python -m compileall {site / '_auditwatch_boot.py'}" in text
 
 
 def test_a_broken_config_stops_processes_instead_of_running_unaudited(tmp_path, env_dir):

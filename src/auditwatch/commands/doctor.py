@@ -46,6 +46,11 @@ def diagnose(root: Path) -> dict:
     # The .pth line only imports this module, which decides and loads the recorder.
     boot = [str(Path(p).parent / BOOT_MODULE) for p in pth]
     boot_missing = [b for b in boot if not os.path.exists(b)]
+    # Without its bytecode cached, every start-up that cannot write it compiles the
+    # module: about 11M instructions (docs/deployment.md).
+    boot_compiled = bool(boot) and all(
+        glob.glob(str(Path(b).parent / "__pycache__" / "_auditwatch_boot.*.pyc")) for b in boot
+    )
     config = root / CONFIG
     state = json.loads((root / STATE).read_text()) if (root / STATE).exists() else None
     python = bindir / "python"
@@ -121,6 +126,7 @@ def diagnose(root: Path) -> dict:
         "how": how,
         "pth": pth[0] if pth else None,
         "boot_module": boot[0] if boot and not boot_missing else None,
+        "boot_module_compiled": boot_compiled,
         "launcher": str(launcher) if launcher.is_file() else None,
         "python_is_launcher": python_is_launcher,
         "config": str(config) if config.exists() else None,
@@ -173,3 +179,9 @@ def command(venv: str | None, as_json: bool) -> None:
     click.echo("not covered:")
     for line in d["not_covered"]:
         click.echo(f"  - {line}")
+    if d["boot_module"] and not d["boot_module_compiled"]:
+        click.echo(
+            f"note: {d['boot_module']} has no compiled bytecode in __pycache__: a start-up "
+            "that cannot write it compiles the module, about 11M instructions each time; "
+            f"compile it once: python -m compileall {d['boot_module']}"
+        )
