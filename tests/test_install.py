@@ -178,6 +178,17 @@ def test_doctor_says_when_the_boot_module_is_not_compiled(env_dir):
     assert f"python -m compileall {site / '_auditwatch_boot.py'}" in text
 
 
+def test_the_wheel_ships_the_boot_module_bytecode():
+    # pip install --no-compile leaves only what the wheel carries: without the boot
+    # module's bytecode every start-up compiles it (docs/deployment.md). The wheel's
+    # own files are in RECORD with their hash; pip's compiled files without one.
+    from importlib.metadata import files
+
+    pyc = f"__pycache__/_auditwatch_boot.{sys.implementation.cache_tag}.pyc"
+    shipped = [f for f in files("auditwatch") or [] if str(f) == pyc and f.hash is not None]
+    assert shipped, f"{pyc} is not among the wheel's files"
+
+
 def test_a_broken_config_stops_processes_instead_of_running_unaudited(tmp_path, env_dir):
     aw("install", "--venv", str(env_dir), "--launcher", "--sink", f"file:{tmp_path / 'r.jsonl'}")
     conf = env_dir / "auditwatch.conf"
