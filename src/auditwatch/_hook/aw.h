@@ -236,14 +236,15 @@ int aw_ring_locks_held(void);
 void aw_lock(pthread_mutex_t *m);
 void aw_unlock(pthread_mutex_t *m);
 /* Hashing off the importing thread (hasher.c): files read as code and large
- * bytecode. submit queues the formatted record in b (an aw_stamp, then JSON, as
+ * bytecode, when worth says the size makes it cheaper than hashing in place. submit
+ * queues the formatted record in b (an aw_stamp, then JSON, as
  * aw_format_event makes it) whose 64-byte placeholder at hex_at the hasher fills
  * with the hash of data. keep: the bytes object data belongs to, which gets a
  * reference (GIL held) that aw_hasher_collect gives back once the hash is made;
  * accepted in the main interpreter only. NULL: data is malloc'ed. 0 queued, and b's
  * memory (and data when keep is NULL) is the hasher's; -1 nothing was taken. */
-int aw_hasher_worth(size_t size);
 int aw_hasher_submit(aw_buf *b, size_t hex_at, char *data, size_t size, PyObject *keep);
+int aw_hasher_worth(size_t size);
 extern atomic_int aw_hasher_done; /* 1: finished jobs hold references */
 unsigned long long aw_hasher_hashed(void); /* records the hasher thread hashed */
 void aw_hasher_release(void);

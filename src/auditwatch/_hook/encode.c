@@ -333,7 +333,6 @@ typedef struct {
     aw_deferred_hash *defer;
 } enc_ctx;
 
-
 static Py_ssize_t str_cap(aw_buf *b, const enc_ctx *cx) {
     size_t used = b->len - cx->start;
     size_t left = used >= cx->lim->budget ? 0 : cx->lim->budget - used;

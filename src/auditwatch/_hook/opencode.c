@@ -455,7 +455,8 @@ static PyObject *aw_opencode_hook(PyObject *path, void *userdata) {
     int action = atomic_load(&aw_proc.active) ? table_action("auditwatch.open_code", &rule)
                                                : AW_IGNORE; /* the install was refused */
     /* Without a manifest nothing needs the hash when the event is ignored, and
-     * nothing waits for it when it is only recorded: it is made off this thread. */
+     * nothing waits for it when it is only recorded: a large file's is made off this
+     * thread. */
     int hash_here = manifest != NULL ||
                     (action != AW_IGNORE &&
                      (action != AW_RECORD || !aw_hasher_worth(size) ||

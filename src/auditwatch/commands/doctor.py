@@ -49,7 +49,7 @@ def diagnose(root: Path) -> dict:
     # Without its bytecode cached, every start-up that cannot write it compiles the
     # module: about 11M instructions (docs/deployment.md).
     boot_compiled = bool(boot) and all(
-        glob.glob(str(Path(b).parent / "__pycache__" / "_auditwatch_boot.*.pyc")) for b in boot
+        glob.glob(str(Path(b).parent / "__pycache__" / f"{Path(b).stem}.*.pyc")) for b in boot
     )
     config = root / CONFIG
     state = json.loads((root / STATE).read_text()) if (root / STATE).exists() else None
