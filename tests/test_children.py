@@ -28,6 +28,24 @@ def children_of(a: Audited, run: str) -> list[dict]:
     return [s for s in a.kinds("start") if s["parent_run"] == run]
 
 
+def test_the_run_reaches_children_through_os_environ_without_a_record_of_its_own(tmp_path):
+    # The recorder puts AUDITWATCH_PARENT_RUN into os.environ itself, so a child
+    # started with a copy of it is linked; that is auditwatch's bookkeeping, not the
+    # program's, and leaves no os.putenv record.
+    code = """\
+        import os, subprocess, sys
+        print(os.environ["AUDITWATCH_PARENT_RUN"])
+        subprocess.run([sys.executable, '-c', 'pass'], env=dict(os.environ), check=True)
+    """
+    a = run_audited(tmp_path, code)
+    root = root_run(a)
+    assert a.proc.stdout.split() == [root]
+    (child,) = children_of(a, root)
+    assert child["proc"]["argv"][-1] == "pass"
+    keys = [r["args"][0] for r in a.events("os.putenv")]
+    assert not [k for k in keys if "AUDITWATCH" in str(k)], keys
+
+
 def test_subprocess_child_and_grandchild_are_linked(tmp_path):
     code = """\
         import subprocess, sys

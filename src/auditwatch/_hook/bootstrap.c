@@ -133,11 +133,24 @@ static int set_parent_run(PyObject *os) {
     if (environ == NULL)
         return -1;
     /* The native code exported the run into the C environment; os.environ is a copy
-     * made at start-up, and children started with env=os.environ read that. */
+     * made at start-up, and children started with env=os.environ read that. Into its
+     * mapping of encoded names and values (os._Environ._data, as its __setitem__ would
+     * encode them): os.environ[...] = ... would call putenv again and leave an
+     * os.putenv record of auditwatch's own at the start of every run. */
     PyObject *key = PyUnicode_FromString("AUDITWATCH_PARENT_RUN");
     PyObject *run = key ? PyUnicode_FromString(aw_proc.run) : NULL;
-    int rc = run ? PyObject_SetItem(environ, key, run) : -1;
-    Py_XDECREF(run), Py_XDECREF(key);
+    PyObject *data = run ? PyObject_GetAttrString(environ, "_data") : NULL;
+    int rc = -1;
+    if (data != NULL && PyDict_CheckExact(data)) {
+        PyObject *k = PyUnicode_EncodeFSDefault(key);
+        PyObject *v = k ? PyUnicode_EncodeFSDefault(run) : NULL;
+        rc = v ? PyDict_SetItem(data, k, v) : -1;
+        Py_XDECREF(v), Py_XDECREF(k);
+    } else if (run != NULL) {
+        PyErr_Clear(); /* not the mapping of os.py: through its own __setitem__ */
+        rc = PyObject_SetItem(environ, key, run);
+    }
+    Py_XDECREF(data), Py_XDECREF(run), Py_XDECREF(key);
     Py_DECREF(environ);
     return rc;
 }
