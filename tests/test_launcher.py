@@ -65,6 +65,30 @@ def test_startup_compiles_no_guard_in_any_interpreter(tmp_path, how):
     assert "_auditwatch_boot" in sub and "_auditwatch" in sub
 
 
+def test_a_late_recorder_is_loaded_in_a_later_subinterpreter(tmp_path):
+    # auditwatch.start(children=False) leaves AUDITWATCH_SINK unset: only the
+    # recorder's AUDITWATCH_LOADED_PID tells _auditwatch_boot, in a subinterpreter's
+    # site, that this process is recorded (docs/config.md). On 3.8 a subinterpreter's
+    # os.environ is the main interpreter's start-up copy, without it.
+    pytest.importorskip("_testcapi")
+    records = tmp_path / "records.jsonl"
+    code = (
+        "import _testcapi, auditwatch; "
+        f"auditwatch.start(sink={'file:' + str(records)!r}, children=False); "
+        "_testcapi.run_in_subinterp('import sys'); auditwatch.runtime.flush()"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITWATCH_")}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    sub = [
+        arg_text(r["args"][0])
+        for r in read_records(records)
+        if r.get("event") == "import" and r["interp"] > 0
+    ]
+    assert "_auditwatch_boot" in sub  # site ran there, under the recorder
+    assert ("_auditwatch" in sub) == (sys.version_info >= (3, 9)), sub
+
+
 def test_startup_is_not_on_record_without_it(tmp_path):
     a = run_audited(tmp_path, STATUS + "; import json; print(_auditwatch.status()['open_code'])")
     assert a.proc.stdout.split() == ["site", "True"]
