@@ -230,8 +230,9 @@ def pth_venvs() -> dict[str, Path]:
 
     root = Path(auditwatch.__file__).resolve().parent.parent
     pth, boot = root / "auditwatch.pth", root / "_auditwatch_boot.py"
-    if not (pth.exists() and boot.exists()):
-        raise SystemExit(f"{pth} not found: install auditwatch (not editable) first")
+    for needed in (pth, boot):
+        if not needed.exists():
+            raise SystemExit(f"{needed} not found: install auditwatch (not editable) first")
     venvs = {}
     for name in ("bare", "with-pth"):
         venv = BUILD / f"venv-{name}"
