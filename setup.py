@@ -94,6 +94,10 @@ class BuildExt(build_ext):
         return True
 
 
+# The module auditwatch.pth's line imports (pyproject.toml lists it in py-modules).
+BOOT_MODULE = "_auditwatch_boot"
+
+
 class BuildPyWithPth(build_py):
     """Put auditwatch.pth next to the package so the wheel installs it in site-packages,
     and ship the bytecode of the module its line imports.
@@ -109,7 +113,7 @@ class BuildPyWithPth(build_py):
         super().run()
         shutil.copyfile("src/auditwatch.pth", Path(self.build_lib) / "auditwatch.pth")
         py_compile.compile(
-            str(Path(self.build_lib) / "_auditwatch_boot.py"),
+            str(Path(self.build_lib) / f"{BOOT_MODULE}.py"),
             cfile=self._boot_pyc(),
             doraise=True,
             invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
@@ -118,7 +122,7 @@ class BuildPyWithPth(build_py):
     def _boot_pyc(self) -> str:
         # Where the import system looks beside the source (not cache_from_source,
         # which follows PYTHONPYCACHEPREFIX of the building environment).
-        name = f"_auditwatch_boot.{sys.implementation.cache_tag}.pyc"
+        name = f"{BOOT_MODULE}.{sys.implementation.cache_tag}.pyc"
         return str(Path(self.build_lib) / "__pycache__" / name)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
