@@ -240,15 +240,16 @@ def test_where_has_the_line_of_every_event_in_a_long_module(tmp_path):
 
 def test_bytes_that_are_not_text_are_base64_at_every_length():
     # Bytes that are not UTF-8 are written as base64, three bytes at a time with the
-    # last one or two padded: every length up to the cap, every byte value.
+    # last one or two padded: every length up to the cap, and at the longest every
+    # byte value (7 is prime to 256, so 7 * i steps through all of them).
     import base64
     import json
-    import os
 
     import _auditwatch
 
     for n in range(1, 257):
-        data = b"\xff" + os.urandom(n - 1)
+        data = bytes((255 + 7 * i) % 256 for i in range(n))  # from 0xff: not UTF-8
+        assert n < 256 or len(set(data)) == 256
         (value,) = json.loads(_auditwatch.encode_args((data,)))
         assert value["len"] == n and "trunc" not in value, n
         assert base64.b64decode(value["b64"], validate=True) == data, n
