@@ -241,7 +241,7 @@ static void take_error(char *out, size_t n) {
 }
 
 /* PREFIX/auditwatch.conf into out, in the file-system encoding as os.path.exists in
- * auditwatch.pth sees it; 0, or -1 when sys.prefix is not a usable str. */
+ * _auditwatch_boot sees it; 0, or -1 when sys.prefix is not a usable str. */
 static int config_path(char *out, size_t n) {
     PyObject *prefix = PySys_GetObject("prefix"); /* borrowed */
     PyObject *fs = prefix && PyUnicode_Check(prefix) ? PyUnicode_EncodeFSDefault(prefix) : NULL;
@@ -278,7 +278,7 @@ PyObject *aw_bootstrap(PyObject *module, PyObject *noargs) {
     struct stat st;
     int asked_by_env = getenv("AUDITWATCH_SINK") != NULL;
     if (!asked_by_env && config_path(config, sizeof config) < 0) {
-        /* auditwatch.pth found a config there, or nothing asked (below): say so */
+        /* _auditwatch_boot found a config there, or nothing asked (below): say so */
         not_audited("sys.prefix cannot be made into the path of auditwatch.conf", NULL);
         Py_RETURN_NONE;
     }
