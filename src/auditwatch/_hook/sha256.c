@@ -9,6 +9,11 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
+#if defined(__has_include)
+#if __has_include(<sys/platform/x86.h>)
+#include <sys/platform/x86.h>
+#endif
+#endif
 #include <immintrin.h>
 #endif
 
@@ -129,11 +134,25 @@ __attribute__((target("sha,sse4.1"))) static void compress_shani(aw_sha256_ctx *
     _mm_storeu_si128((__m128i *)&c->h[4], _mm_alignr_epi8(dchg, feba, 8));
 }
 
-static int has_sha_extensions(void) {
-    unsigned a, b, cx, d;
-    if (!__get_cpuid(1, &a, &b, &cx, &d) || !(cx & bit_SSE4_1) || !(cx & bit_SSSE3))
-        return 0;
-    return __get_cpuid_count(7, 0, &a, &b, &cx, &d) && (b & (1u << 29)); /* SHA */
+/* What the CPU offers. glibc (2.33 on) answers from what its loader found at
+ * start-up; otherwise three CPUID instructions. Not __builtin_cpu_supports: libgcc's
+ * version runs a dozen at load, and in a virtual machine each CPUID traps to the
+ * hypervisor, some 15 us apiece on the machine of docs/performance.md. */
+static void cpu_features(int *sha, int *bmi2) {
+#ifdef CPU_FEATURE_ACTIVE
+    *sha = CPU_FEATURE_ACTIVE(SHA) && CPU_FEATURE_ACTIVE(SSE4_1) && CPU_FEATURE_ACTIVE(SSSE3);
+    *bmi2 = CPU_FEATURE_ACTIVE(BMI1) && CPU_FEATURE_ACTIVE(BMI2);
+#else
+    unsigned a, b, c, d;
+    *sha = *bmi2 = 0;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return;
+    __cpuid(1, a, b, c, d);
+    int sse = (c & bit_SSE4_1) && (c & bit_SSSE3);
+    __cpuid_count(7, 0, a, b, c, d);
+    *sha = sse && (b & bit_SHA);
+    *bmi2 = (b & bit_BMI) && (b & bit_BMI2);
+#endif
 }
 #endif
 
@@ -146,8 +165,9 @@ static int chosen(void) {
         return how;
     how = IMPL_PLAIN;
 #if defined(__x86_64__) && defined(__GNUC__)
-    int bmi2 = __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi");
-    if (has_sha_extensions())
+    int sha, bmi2;
+    cpu_features(&sha, &bmi2);
+    if (sha)
         how = bmi2 ? IMPL_BMI2_SHANI : IMPL_SHANI;
     else if (bmi2)
         how = IMPL_BMI2;
