@@ -89,6 +89,28 @@ def test_indicator_waits_for_the_collectors_ack(tmp_path):
     assert lines[ctl]["seq"] >= lines[hook_rec]["seq"]
 
 
+def test_start_does_not_wait_for_the_collectors_ack(tmp_path):
+    # The start record is sent before any of the program's code runs, but only the
+    # kernel has to take it: its ack comes with the next batch's. (It used to wait
+    # for the ack, up to flush_timeout, in every process.)
+    sock = str(tmp_path / "c.sock")
+    seen: list[bytes] = []
+    server = slow_acker(sock, delay=2.0, answer=True, seen=seen)
+    t0 = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", "import time; print(time.time())"],
+        env=audit_env(tmp_path, AUDITWATCH_SINK=f"unix:{sock}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    server.close()
+    assert float(out) - t0 < 1.0
+    first = json.loads(seen[0])
+    assert first["kind"] == "start" and first["seq"] == 1
+
+
 def test_unacknowledged_indicator_is_spooled_and_counted(tmp_path):
     sock = str(tmp_path / "c.sock")
     server = slow_acker(sock, delay=0, answer=False, seen=[])

@@ -188,11 +188,13 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags);
 
 /* Wait until every record up to ticket has left the process (or timeout). 0 = done.
  * The ticket's record must have been queued with AW_PUT_FLUSH: that is what makes
- * the writer send it at once and wait for the collector's ack. */
+ * its batch wait for the collector's ack. A parked writer is not woken: the caller
+ * sends the batch itself. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
 /* Flush for an indicator (flush, deny, monitor), bounded by flush_timeout. */
 int aw_flush_indicator(uint64_t ticket);
-/* Start the writer thread (and open the sink) if this process has none yet. */
+/* Open the sink, send the start record and start the writer thread, if this process
+ * has none yet. */
 int aw_writer_ensure(void);
 /* Stop the writer after draining everything, bounded by timeout seconds. */
 void aw_writer_stop(double timeout);
@@ -223,7 +225,7 @@ pid_t aw_gettid(void);
 long long aw_now_ns(void);
 /* Common prefix of every record after seq: ,"run":..,"pid":..,"installed":.. */
 const char *aw_proc_prefix(size_t *len);
-uint64_t aw_proc_start_record(void);
+void aw_proc_start_record(void);
 void aw_proc_after_fork_child(void);
 /* Make this run's identity (after fork) and helper threads before its first record. */
 void aw_proc_prepare_run(void);

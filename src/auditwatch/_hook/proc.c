@@ -121,7 +121,7 @@ static void put_file_string(aw_buf *b, const char *path, int nul_list) {
     aw_buf_putc(b, ']');
 }
 
-uint64_t aw_proc_start_record(void) {
+void aw_proc_start_record(void) {
     char storage[4096];
     aw_buf b;
     aw_buf_init(&b, storage, sizeof storage);
@@ -168,11 +168,9 @@ uint64_t aw_proc_start_record(void) {
     else
         aw_buf_puts(&b, "null");
     aw_buf_putc(&b, '}');
-    uint64_t ticket = 0;
     if (!b.oom)
-        ticket = aw_ring_put(b.p, b.len, AW_PUT_KEEP | AW_PUT_FLUSH); /* waited for */
+        aw_ring_put(b.p, b.len, AW_PUT_KEEP); /* sent at once by aw_writer_ensure */
     aw_buf_free(&b);
-    return ticket;
 }
 
 /* ---- exit paths ---------------------------------------------------------------- */

@@ -31,6 +31,9 @@ aw_options aw_opts = {"", "", 4u << 20, AW_POLICY_WAIT, 5.0, 2.0, 1};
 #define LINGER_NS 1000000L    /* let a burst gather into one write */
 #define BATCH_BYTES (256 << 10) /* flush the output buffer past this size */
 #define SINK_FD_MIN 200         /* keep our fds out of the way of programs' own */
+#define UNACKED_MAX ((size_t)8 << 20) /* see "acknowledgements" */
+#define ACK_EVERY_BYTES ((size_t)256 << 10)
+#define ACK_EVERY_NS 100000000LL
 
 static struct {
     pthread_mutex_t mu;
@@ -41,6 +44,7 @@ static struct {
     uint64_t flush_ticket; /* the last record someone waits for: acked when it is sent */
     uint64_t dropped_pending;
     int writer_waiting, lingering, stop, writer_done;
+    int role_taken; /* a thread other than the writer serves (see "the writer role") */
     atomic_int writer_running;
     pthread_t writer;
     aw_counters c;
@@ -67,7 +71,15 @@ static struct {
     uint64_t seq;
 } S = {-1, -1, 0, 0, 0};
 
+/* The writer's buffers start in static storage: a thread's first malloc makes it a
+ * malloc arena (four system calls, two of them munmaps that interrupt the program's
+ * thread on its CPU), a measurable part of a short process's start-up. They move to
+ * the heap only past these sizes: a burst over a batch, a collector slow to ack. */
+static char out_storage[BATCH_BYTES + (64 << 10)];
+static char unacked_storage[ACK_EVERY_BYTES + BATCH_BYTES];
+
 int aw_ring_init(size_t bytes) {
+    aw_buf_init(&unacked, unacked_storage, sizeof unacked_storage);
     if (bytes < (1u << 20))
         bytes = 1u << 20;
     R.data = malloc(bytes);
@@ -100,19 +112,27 @@ int aw_ring_locks_held(void) {
 
 /* held: this thread's locks_held, looked up once by a caller that locks often
  * (each use of a thread-local costs a __tls_get_addr call in a dlopen'ed module). */
-static inline void lock_counted(pthread_mutex_t *m, int *held) {
+static inline void count_in(int *held) {
     if ((*held)++ == 0)
         atomic_fetch_add_explicit(&threads_locking, 1, memory_order_acq_rel);
-    pthread_mutex_lock(m);
 }
 
-static inline void unlock_counted(pthread_mutex_t *m, int *held) {
-    pthread_mutex_unlock(m);
+static inline void count_out(int *held) {
     if (--*held == 0) {
         atomic_fetch_sub_explicit(&threads_locking, 1, memory_order_acq_rel);
         if (atomic_load_explicit(&aw_term_pending, memory_order_relaxed))
             aw_proc_deferred_term();
     }
+}
+
+static inline void lock_counted(pthread_mutex_t *m, int *held) {
+    count_in(held);
+    pthread_mutex_lock(m);
+}
+
+static inline void unlock_counted(pthread_mutex_t *m, int *held) {
+    pthread_mutex_unlock(m);
+    count_out(held);
 }
 
 void aw_lock(pthread_mutex_t *m) { lock_counted(m, &locks_held); }
@@ -223,36 +243,14 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     int flush = flags & AW_PUT_FLUSH;
     if (flush)
         R.flush_ticket = ticket;
-    if (R.writer_waiting || (flush && R.lingering))
+    /* A record waited for is served by its caller itself when the writer is parked
+     * (aw_ring_flush): waking the writer for it would only make it wait its turn. */
+    if (R.writer_waiting && !flush)
         pthread_cond_signal(&R.not_empty);
     unlock_counted(&R.mu, held);
     if (saved)
         PyEval_RestoreThread(saved);
     return ticket;
-}
-
-int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
-    if (ticket == 0 || !atomic_load(&R.writer_running))
-        return ticket == 0 ? 0 : -1;
-    PyThreadState *saved = maybe_release_gil(may_release_gil);
-    struct timespec dl;
-    deadline_in(&dl, timeout);
-    int rc = 0;
-    aw_lock(&R.mu);
-    /* The record asked for its ack when it was queued (AW_PUT_FLUSH), and woke a
-     * waiting or lingering writer then: only the wait is left. */
-    while (R.done_ticket < ticket && !R.writer_done) {
-        if (pthread_cond_timedwait(&R.flushed, &R.mu, &dl) == ETIMEDOUT) {
-            rc = -1;
-            break;
-        }
-    }
-    if (R.done_ticket < ticket)
-        rc = -1;
-    aw_unlock(&R.mu);
-    if (saved)
-        PyEval_RestoreThread(saved);
-    return rc;
 }
 
 /* The writer waits flush_timeout for the collector's ack, then spools: give it a
@@ -269,16 +267,27 @@ void aw_ring_counters(aw_counters *out) {
 
 /* ---- sink ------------------------------------------------------------------ */
 
+/* The held-lock count of the thread in the writer role (below), through which the
+ * sink code takes R.mu. The writer thread's is a local: the first use of a
+ * thread-local variable of a dlopen'ed module allocates its block with malloc, and
+ * a thread's first malloc creates a malloc arena, with munmaps that interrupt the
+ * program's own threads on their CPUs. The writer thread never needs the per-thread
+ * count for SIGTERM: it blocks every signal. */
+static int *role_held;
+
+static void role_lock(void) { lock_counted(&R.mu, role_held); }
+static void role_unlock(void) { unlock_counted(&R.mu, role_held); }
+
 static void set_sink_error(const char *what, const char *path) {
-    aw_lock(&R.mu);
+    role_lock();
     snprintf(R.c.sink_error, sizeof R.c.sink_error, "%s %.180s: %.60s", what, path, strerror(errno));
-    aw_unlock(&R.mu);
+    role_unlock();
 }
 
 static void set_sink_state(int state) {
-    aw_lock(&R.mu);
+    role_lock();
     R.c.sink_state = state;
-    aw_unlock(&R.mu);
+    role_unlock();
 }
 
 /* Move fd above the range programs usually manage themselves; remember its identity
@@ -364,9 +373,30 @@ static int spool_open(void) {
     return 0;
 }
 
+static long long monotonic_ns(void);
+
+/* Set while a thread other than the writer serves (the writer role, below): a
+ * collector that stops reading must not hold that thread, which is the program's,
+ * for longer than flush_timeout; the batch then goes to the spool file. The writer
+ * thread's own sends block, and aw_writer_stop bounds the wait for them. */
+static int serving_inline;
+
 static int write_all(int fd, const char *p, size_t n, int is_socket) {
+    long long deadline = 0;
     while (n) {
-        ssize_t w = is_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+        ssize_t w = !is_socket ? write(fd, p, n)
+                               : send(fd, p, n, MSG_NOSIGNAL | (serving_inline ? MSG_DONTWAIT : 0));
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && serving_inline) {
+            long long now = monotonic_ns();
+            if (deadline == 0)
+                deadline = now + (long long)(aw_opts.flush_timeout * 1e9);
+            struct pollfd pfd = {fd, POLLOUT, 0};
+            if (now >= deadline || poll(&pfd, 1, (int)((deadline - now) / 1000000LL) + 1) == 0) {
+                errno = ETIMEDOUT;
+                return -1;
+            }
+            continue;
+        }
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -463,7 +493,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
     }
     if (where == TO_NOWHERE && spool_write(p, n) == 0)
         where = TO_SPOOL;
-    aw_lock(&R.mu);
+    role_lock();
     if (where == TO_NOWHERE) {
         R.c.lost += records;
         R.c.sink_state = 3;
@@ -476,7 +506,7 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
             R.c.sink_state = 1;
         }
     }
-    aw_unlock(&R.mu);
+    role_unlock();
     return where;
 }
 
@@ -489,9 +519,6 @@ static int sink_write(const char *p, size_t n, uint64_t records) {
  * connection fails, what was never confirmed goes to the spool file ahead of the
  * new records, and is replayed from there; the collector drops what it already has. */
 
-#define UNACKED_MAX ((size_t)8 << 20)
-#define ACK_EVERY_BYTES ((size_t)256 << 10)
-#define ACK_EVERY_NS 100000000LL
 
 
 /* Take the acks the collector has sent so far (waiting up to timeout_ms for one);
@@ -639,6 +666,136 @@ static void out_meta_record(aw_buf *out, const char *kind, const char *key1, uin
     aw_buf_puts(out, "}\n");
 }
 
+/* ---- the writer role -----------------------------------------------------------
+ * One thread at a time formats records and writes the sink: the writer thread, or,
+ * while the writer thread is parked (waiting for records, or lingering for a burst
+ * to gather), a thread that needs its records out before it goes on: the thread that
+ * starts the recorder (the start record), a flush indicator, the exit drain. That
+ * thread takes the role (R.role_taken) and serves the ring itself: waking the writer
+ * and waiting to be woken in turn cost two cross-thread hand-offs, tens of
+ * microseconds of wall clock each, several times in every process
+ * (docs/performance.md, "Serving from the waiting thread"). The writer checks
+ * role_taken after every wait, under the mutex, before it serves; the role counts
+ * as a held lock, so a SIGTERM that lands meanwhile is deferred to its release. */
+
+static uint64_t total_dropped; /* the role's holder only */
+
+/* Serve what is queued now: format, write, track. Called and returns with R.mu held
+ * (counted in *held); the I/O runs without it. */
+static void serve(aw_buf *out, int heartbeat, int *held) {
+    role_held = held;
+    uint64_t head = R.head, tail = R.tail, ticket = R.put_ticket;
+    uint64_t dropped = R.dropped_pending;
+    /* A ticket, not a flag: a request already served cannot make a later batch wait
+     * for an ack nobody waits for. */
+    int want_ack = R.flush_ticket > R.done_ticket;
+    R.dropped_pending = 0;
+    unlock_counted(&R.mu, held);
+
+    uint64_t records = 0;
+    while (tail < head) {
+        uint32_t len;
+        ring_copy_out(tail, &len, sizeof len);
+        uint64_t body = tail + sizeof len, end = body + (len & ~STAMPED_BIT);
+        out_record_head(out);
+        if (len & STAMPED_BIT) { /* aw_ring_put checked that the stamp is there */
+            aw_stamp stamp;
+            ring_copy_out(body, &stamp, sizeof stamp);
+            out_stamp(out, &stamp);
+            body += sizeof stamp;
+        }
+        char *dst = aw_buf_extend(out, (size_t)(end - body));
+        if (dst)
+            ring_copy_out(body, dst, (size_t)(end - body));
+        aw_buf_put(out, "}\n", 2);
+        tail = end;
+        records++;
+        if (out->len >= BATCH_BYTES && tail < head) {
+            if (sink_write(out->p, out->len, records) == TO_SINK)
+                track_sent(out->p, out->len);
+            out->len = 0;
+            records = 0;
+            lock_counted(&R.mu, held);
+            R.tail = tail;
+            pthread_cond_broadcast(&R.not_full);
+            unlock_counted(&R.mu, held);
+        }
+    }
+    if (dropped) {
+        total_dropped += dropped;
+        out_meta_record(out, "drop", "dropped", dropped, "total_dropped", total_dropped);
+        records++;
+    }
+    if (heartbeat) {
+        lock_counted(&R.mu, held);
+        uint64_t ack_timeouts = R.c.ack_timeouts;
+        R.c.heartbeats++;
+        unlock_counted(&R.mu, held);
+        out_meta_record(out, "heartbeat", "pending", 0, "ack_timeouts", ack_timeouts);
+        records++;
+    }
+    if (out->len) {
+        int where = sink_write(out->p, out->len, records);
+        if (where == TO_SINK)
+            track_sent(out->p, out->len);
+        if (want_ack && where == TO_SINK && is_unix_sink() && S.fd >= 0 && await_ack(S.seq) < 0) {
+            /* Not confirmed in time: keep a copy on disk too (the collector drops
+             * duplicates), and count the delay. */
+            if (unacked.len)
+                spool_write(unacked.p, unacked.len);
+            unacked.len = 0;
+            lock_counted(&R.mu, held);
+            R.c.ack_timeouts++;
+            unlock_counted(&R.mu, held);
+        }
+    }
+    out->len = 0;
+    out->oom = 0;
+
+    lock_counted(&R.mu, held);
+    R.tail = tail;
+    R.done_ticket = ticket;
+    pthread_cond_broadcast(&R.not_full);
+    pthread_cond_broadcast(&R.flushed);
+}
+
+/* Leaving: everything sent must be confirmed, or be on disk. With R.mu held. */
+static void leave(int *held) {
+    role_held = held;
+    unlock_counted(&R.mu, held);
+    if (unacked.len && S.fd >= 0 && await_ack(unacked_seq) < 0 && unacked.len) {
+        spool_write(unacked.p, unacked.len);
+        unacked.len = 0;
+    }
+    lock_counted(&R.mu, held);
+    R.writer_done = 1;
+    pthread_cond_broadcast(&R.flushed);
+    pthread_cond_broadcast(&R.stopped);
+}
+
+/* With R.mu held: take the role if the writer thread is parked or not started yet. */
+static int take_role(int *held) {
+    if (R.role_taken || R.writer_done ||
+        (atomic_load(&R.writer_running) && !R.writer_waiting && !R.lingering))
+        return 0;
+    R.role_taken = 1;
+    serving_inline = 1;
+    count_in(held);
+    return 1;
+}
+
+/* With R.mu held; returns without it. What arrived meanwhile is the writer's. */
+static void give_role(int *held) {
+    serving_inline = 0;
+    R.role_taken = 0;
+    pthread_cond_broadcast(&R.flushed);
+    /* Stopped (writer_done): the process is leaving, and the parked writer with it. */
+    if (R.writer_waiting && !R.writer_done && (R.head != R.tail || R.dropped_pending))
+        pthread_cond_signal(&R.not_empty);
+    unlock_counted(&R.mu, held);
+    count_out(held);
+}
+
 static void *writer_main(void *arg) {
     (void)arg;
     sigset_t all;
@@ -646,10 +803,10 @@ static void *writer_main(void *arg) {
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the program's business */
 
     aw_buf out;
-    aw_buf_init(&out, NULL, 0);
-    uint64_t total_dropped = 0;
+    aw_buf_init(&out, out_storage, sizeof out_storage);
+    int own_locks = 0, *held = &own_locks; /* not locks_held: see role_held */
 
-    aw_lock(&R.mu);
+    lock_counted(&R.mu, held);
     for (;;) {
         int heartbeat = 0;
         if (R.head == R.tail && !R.stop && !R.dropped_pending) {
@@ -657,114 +814,49 @@ static void *writer_main(void *arg) {
             deadline_in(&dl, aw_opts.heartbeat);
             R.writer_waiting = 1;
             int rc = 0;
-            while (R.head == R.tail && !R.stop && !R.dropped_pending && rc != ETIMEDOUT)
+            while (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done &&
+                   rc != ETIMEDOUT)
                 rc = pthread_cond_timedwait(&R.not_empty, &R.mu, &dl);
             R.writer_waiting = 0;
             heartbeat = rc == ETIMEDOUT && R.head == R.tail;
-            if (!heartbeat && !R.stop && R.flush_ticket <= R.done_ticket) {
-                /* Woken by the first record of a burst: let the burst gather, unless
-                 * a waited-for record arrives meanwhile (aw_ring_put wakes us). */
+            if (!heartbeat && !R.stop && !R.writer_done) {
+                /* Woken by the first record of a burst: let the burst gather. A record
+                 * waited for is served by its waiter meanwhile (take_role). */
                 struct timespec linger;
                 deadline_in(&linger, LINGER_NS / 1e9);
                 R.lingering = 1;
-                while (R.flush_ticket <= R.done_ticket && !R.stop &&
-                       pthread_cond_timedwait(&R.not_empty, &R.mu, &linger) != ETIMEDOUT)
+                while (!R.stop && pthread_cond_timedwait(&R.not_empty, &R.mu, &linger) != ETIMEDOUT)
                     ;
                 R.lingering = 0;
             }
         }
-        if (R.head == R.tail && R.stop && !R.dropped_pending)
+        while (R.role_taken)
+            pthread_cond_wait(&R.flushed, &R.mu);
+        if (R.writer_done) /* the exit drain was served by the thread that stopped us */
             break;
-        uint64_t head = R.head, tail = R.tail, ticket = R.put_ticket;
-        uint64_t dropped = R.dropped_pending;
-        /* A ticket, not a flag: a request already served cannot make a later batch
-         * wait for an ack nobody waits for. */
-        int want_ack = R.flush_ticket > R.done_ticket;
-        R.dropped_pending = 0;
-        aw_unlock(&R.mu);
-
-        uint64_t records = 0;
-        while (tail < head) {
-            uint32_t len;
-            ring_copy_out(tail, &len, sizeof len);
-            uint64_t body = tail + sizeof len, end = body + (len & ~STAMPED_BIT);
-            out_record_head(&out);
-            if (len & STAMPED_BIT) { /* aw_ring_put checked that the stamp is there */
-                aw_stamp stamp;
-                ring_copy_out(body, &stamp, sizeof stamp);
-                out_stamp(&out, &stamp);
-                body += sizeof stamp;
+        if (R.head == R.tail && !R.dropped_pending && !heartbeat) {
+            if (R.stop) {
+                leave(held);
+                break;
             }
-            char *dst = aw_buf_extend(&out, (size_t)(end - body));
-            if (dst)
-                ring_copy_out(body, dst, (size_t)(end - body));
-            aw_buf_put(&out, "}\n", 2);
-            tail = end;
-            records++;
-            if (out.len >= BATCH_BYTES && tail < head) {
-                if (sink_write(out.p, out.len, records) == TO_SINK)
-                    track_sent(out.p, out.len);
-                out.len = 0;
-                records = 0;
-                aw_lock(&R.mu);
-                R.tail = tail;
-                pthread_cond_broadcast(&R.not_full);
-                aw_unlock(&R.mu);
-            }
+            continue;
         }
-        if (dropped) {
-            total_dropped += dropped;
-            out_meta_record(&out, "drop", "dropped", dropped, "total_dropped", total_dropped);
-            records++;
-        }
-        if (heartbeat) {
-            aw_lock(&R.mu);
-            uint64_t ack_timeouts = R.c.ack_timeouts;
-            aw_unlock(&R.mu);
-            out_meta_record(&out, "heartbeat", "pending", 0, "ack_timeouts", ack_timeouts);
-            records++;
-            aw_lock(&R.mu);
-            R.c.heartbeats++;
-            aw_unlock(&R.mu);
-        }
-        if (out.len) {
-            int where = sink_write(out.p, out.len, records);
-            if (where == TO_SINK)
-                track_sent(out.p, out.len);
-            if (want_ack && where == TO_SINK && is_unix_sink() && S.fd >= 0 &&
-                await_ack(S.seq) < 0) {
-                /* Not confirmed in time: keep a copy on disk too (the collector
-                 * drops duplicates), and count the delay. */
-                if (unacked.len)
-                    spool_write(unacked.p, unacked.len);
-                unacked.len = 0;
-                aw_lock(&R.mu);
-                R.c.ack_timeouts++;
-                aw_unlock(&R.mu);
-            }
-        }
-        out.len = 0;
-        out.oom = 0;
-
-        aw_lock(&R.mu);
-        R.tail = tail;
-        R.done_ticket = ticket;
-        pthread_cond_broadcast(&R.not_full);
-        pthread_cond_broadcast(&R.flushed);
+        serve(&out, heartbeat, held);
     }
-    aw_unlock(&R.mu);
-    /* Leaving: everything sent must be confirmed, or be on disk. */
-    if (unacked.len && S.fd >= 0 && await_ack(unacked_seq) < 0 && unacked.len) {
-        spool_write(unacked.p, unacked.len);
-        unacked.len = 0;
-    }
-    aw_lock(&R.mu);
-    R.writer_done = 1;
-    pthread_cond_broadcast(&R.flushed);
-    pthread_cond_broadcast(&R.stopped);
-    aw_unlock(&R.mu);
+    unlock_counted(&R.mu, held);
     aw_buf_free(&out);
     return NULL;
+}
+
+/* Serve from this thread, the role held, until the record of ticket is out (or the
+ * ring is empty): what other threads queue meanwhile is the writer's. */
+static void serve_until(uint64_t ticket, int *held) {
+    char storage[8192];
+    aw_buf out;
+    aw_buf_init(&out, storage, sizeof storage);
+    while (R.done_ticket < ticket && (R.head != R.tail || R.dropped_pending))
+        serve(&out, 0, held);
+    aw_buf_free(&out);
 }
 
 int aw_writer_ensure(void) {
@@ -774,12 +866,25 @@ int aw_writer_ensure(void) {
     int rc = 0;
     if (!atomic_load(&R.writer_running)) {
         aw_proc_prepare_run();
-        if (sink_open() < 0 && spool_open() < 0)
-            set_sink_state(3);
-        aw_lock(&R.mu);
+        /* No writer thread yet, and start_mu held: the role is this thread's. */
+        int *held = &locks_held;
+        lock_counted(&R.mu, held);
         R.stop = 0;
         R.writer_done = 0;
-        aw_unlock(&R.mu);
+        take_role(held);
+        role_held = held;
+        unlock_counted(&R.mu, held);
+        if (sink_open() < 0 && spool_open() < 0)
+            set_sink_state(3);
+        /* The collector learns of the process before any of its code runs: a process
+         * killed at once (SIGKILL) is still on record, as missing. This thread sends
+         * the start record before the writer exists; the kernel has it when this
+         * returns (its ack is asked for with the next batch, and what is never
+         * confirmed is spooled as usual). */
+        aw_proc_start_record();
+        lock_counted(&R.mu, held);
+        serve_until(UINT64_MAX, held);
+        give_role(held);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setstacksize(&attr, 256 << 10);
@@ -788,30 +893,74 @@ int aw_writer_ensure(void) {
         if (rc == 0) {
             pthread_detach(R.writer);
             atomic_store_explicit(&R.writer_running, 1, memory_order_release);
-            /* The collector learns of the process before any of its code runs: a
-             * process killed at once (SIGKILL) is still on record, as missing. */
-            aw_ring_flush(aw_proc_start_record(), aw_opts.flush_timeout + 1.0, 0);
         }
     }
     aw_unlock(&start_mu);
     return rc == 0 ? 0 : -1;
 }
 
-/* Wait for the writer to drain everything and stop. A slow collector is waited for
- * as long as records keep leaving (up to STOP_MAX_S); timeout is how long no
- * progress at all is tolerated. */
+int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
+    if (ticket == 0 || !atomic_load(&R.writer_running))
+        return ticket == 0 ? 0 : -1;
+    int *held = &locks_held;
+    lock_counted(&R.mu, held);
+    if (R.done_ticket < ticket && take_role(held)) {
+        /* The writer is parked: serve the record from here (see "the writer role").
+         * Without the GIL: an ack may take up to flush_timeout. */
+        unlock_counted(&R.mu, held);
+        PyThreadState *saved = maybe_release_gil(may_release_gil);
+        lock_counted(&R.mu, held);
+        serve_until(ticket, held);
+        int rc = R.done_ticket >= ticket ? 0 : -1;
+        give_role(held);
+        if (saved)
+            PyEval_RestoreThread(saved);
+        return rc;
+    }
+    unlock_counted(&R.mu, held);
+    PyThreadState *saved = maybe_release_gil(may_release_gil);
+    struct timespec dl;
+    deadline_in(&dl, timeout);
+    int rc = 0;
+    lock_counted(&R.mu, held);
+    /* The writer is busy, or someone else serves: the record asked for its ack when
+     * it was queued (AW_PUT_FLUSH), so only the wait is left. */
+    while (R.done_ticket < ticket && !R.writer_done) {
+        if (pthread_cond_timedwait(&R.flushed, &R.mu, &dl) == ETIMEDOUT) {
+            rc = -1;
+            break;
+        }
+    }
+    if (R.done_ticket < ticket)
+        rc = -1;
+    unlock_counted(&R.mu, held);
+    if (saved)
+        PyEval_RestoreThread(saved);
+    return rc;
+}
+
+/* Wait for the writer to drain everything and stop; or, when it is parked, drain
+ * from here and stop it. A slow collector is waited for as long as records keep
+ * leaving (up to STOP_MAX_S); timeout is how long no progress at all is tolerated. */
 #define STOP_MAX_S 120.0
 
 void aw_writer_stop(double timeout) {
     if (!atomic_load(&R.writer_running))
         return;
+    int *held = &locks_held;
+    lock_counted(&R.mu, held);
+    R.stop = 1;
+    if (take_role(held)) {
+        serve_until(UINT64_MAX, held);
+        leave(held);
+        give_role(held);
+        return;
+    }
+    if (R.writer_waiting || R.lingering)
+        pthread_cond_signal(&R.not_empty);
     struct timespec dl, hard;
     deadline_in(&dl, timeout);
     deadline_in(&hard, STOP_MAX_S);
-    aw_lock(&R.mu);
-    R.stop = 1;
-    if (R.writer_waiting || R.lingering)
-        pthread_cond_signal(&R.not_empty);
     uint64_t tail = R.tail;
     while (!R.writer_done) {
         if (pthread_cond_timedwait(&R.stopped, &R.mu, &dl) != ETIMEDOUT)
@@ -823,7 +972,7 @@ void aw_writer_stop(double timeout) {
         tail = R.tail;
         deadline_in(&dl, timeout);
     }
-    aw_unlock(&R.mu);
+    unlock_counted(&R.mu, held);
 }
 
 /* ---- fork ---------------------------------------------------------------------
@@ -860,7 +1009,9 @@ static void atfork_child(void) {
     R.head = R.tail = 0;
     R.put_ticket = R.done_ticket = R.flush_ticket = 0;
     R.dropped_pending = 0;
-    R.writer_waiting = R.lingering = R.stop = R.writer_done = 0;
+    R.writer_waiting = R.lingering = R.stop = R.writer_done = R.role_taken = 0;
+    serving_inline = 0;
+    total_dropped = 0;
     memset(&R.c, 0, sizeof R.c);
     atomic_store(&R.writer_running, 0);
     if (S.fd >= 0)
@@ -872,7 +1023,7 @@ static void atfork_child(void) {
     /* The parent's unconfirmed batches are the parent's to deliver. The buffer was
      * allocated before fork(): forget it rather than free it (free() may not be
      * safe in a child that is about to exec). */
-    aw_buf_init(&unacked, NULL, 0);
+    aw_buf_init(&unacked, unacked_storage, sizeof unacked_storage);
     unacked_seq = acked_seq = ack_asked_seq = 0;
     ack_pending_len = 0;
     aw_proc_after_fork_child();
