@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,55 @@ def test_start_record_describes_the_process(tmp_path):
     assert start["installed"] == "site"
     assert start["parent_run"] is None
     assert len(start["run"]) == 32
+    import os
+    import pwd
+
+    assert proc["user"] == pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_the_start_record_names_the_user_or_says_null(tmp_path):
+    # The name comes from /etc/passwd, else from the user database (NSS), else null.
+    # Children forked through libc (no Python fork handlers) make their start record
+    # at their first record, after they have changed user.
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("changing user needs root")
+    known = pwd.getpwnam("nobody").pw_uid
+    unknown = next(u for u in range(54321, 60000) if not _has_user(u))
+    # A sink the other users can reach: pytest's own directories are root's only.
+    shared = Path(tempfile.mkdtemp())
+    os.chmod(shared, 0o777)
+    sink = shared / "records.jsonl"
+    sink.touch()
+    os.chmod(sink, 0o666)
+    code = f"""\
+        import ctypes, os, sys
+        libc = ctypes.CDLL(None)
+        for uid in ({known}, {unknown}):
+            pid = libc.fork()
+            if pid == 0:
+                os.setuid(uid)
+                sys.audit("probe", uid)
+                os._exit(0)
+            os.waitpid(pid, 0)
+        """
+    run_audited(tmp_path, code, events="record:probe,ignore:*", AUDITWATCH_SINK=f"file:{sink}")
+    starts = [r for r in read_records(sink) if r["kind"] == "start"]
+    shutil.rmtree(shared)
+    users = {r["proc"]["uid"]: r["proc"]["user"] for r in starts}
+    assert users == {os.getuid(): pwd.getpwuid(os.getuid()).pw_name, known: "nobody", unknown: None}
+
+
+def _has_user(uid: int) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def test_every_record_has_the_common_fields_and_contiguous_seq(tmp_path):
