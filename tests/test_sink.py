@@ -111,6 +111,45 @@ def test_start_does_not_wait_for_the_collectors_ack(tmp_path):
     assert first["kind"] == "start" and first["seq"] == 1
 
 
+def test_a_short_process_waits_for_one_ack_only(tmp_path):
+    # A collector that answers every ack request 1 s after it came. The start record
+    # and the flush at cpython._PySys_ClearAuditHooks (raised only while finalizing,
+    # right before the exit record) are sent without waiting for an ack; the exit
+    # drain waits for the ack of everything. One wait of 1 s, not three.
+    sock = str(tmp_path / "c.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock)
+    server.listen(1)
+    seen: list[dict] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        buf = b""
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in map(json.loads, lines):
+                    seen.append(line)
+                    if "ctl" in line:
+                        ack = b'{"ack":%d}\n' % line["seq"]
+                        threading.Timer(1.0, conn.sendall, (ack,)).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", "pass"],
+        env=audit_env(tmp_path, AUDITWATCH_SINK=f"unix:{sock}"),
+        timeout=60,
+        check=True,
+    )
+    elapsed = time.monotonic() - t0
+    server.close()
+    assert 1.0 <= elapsed < 1.8
+    assert any(r.get("event") == "cpython._PySys_ClearAuditHooks" for r in seen)
+    assert seen[-2]["kind"] == "exit" and "ctl" in seen[-1]
+
+
 def test_unacknowledged_indicator_is_spooled_and_counted(tmp_path):
     sock = str(tmp_path / "c.sock")
     server = slow_acker(sock, delay=0, answer=False, seen=[])

@@ -191,6 +191,8 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags);
  * its batch wait for the collector's ack. A parked writer is not woken: the caller
  * sends the batch itself. */
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil);
+/* Send the records up to ticket now, without waiting for the collector's ack. */
+void aw_ring_send(uint64_t ticket);
 /* Flush for an indicator (flush, deny, monitor), bounded by flush_timeout. */
 int aw_flush_indicator(uint64_t ticket);
 /* Open the sink, send the start record and start the writer thread, if this process

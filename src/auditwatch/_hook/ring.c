@@ -939,6 +939,25 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     return rc;
 }
 
+void aw_ring_send(uint64_t ticket) {
+    if (ticket == 0 || !atomic_load(&R.writer_running))
+        return;
+    int *held = &locks_held;
+    lock_counted(&R.mu, held);
+    if (R.done_ticket < ticket && take_role(held)) {
+        unlock_counted(&R.mu, held);
+        PyThreadState *saved = maybe_release_gil(1);
+        lock_counted(&R.mu, held);
+        serve_until(ticket, held);
+        give_role(held);
+        if (saved)
+            PyEval_RestoreThread(saved);
+        return;
+    }
+    /* The writer is busy (its next pass takes the record) or someone serves. */
+    unlock_counted(&R.mu, held);
+}
+
 /* Wait for the writer to drain everything and stop; or, when it is parked, drain
  * from here and stop it. A slow collector is waited for as long as records keep
  * leaving (up to STOP_MAX_S); timeout is how long no progress at all is tolerated. */
