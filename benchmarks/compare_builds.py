@@ -13,13 +13,17 @@ runs its own copy. Prints a markdown table: records/s, median of the rounds and
 min-max.
 
     python benchmarks/compare_builds.py --base-python /tmp/old/bin/python --startup \
-        [--repeat 10] [--runs 20]
+        [--repeat 10] [--runs 20] [--collector-python /tmp/tools/bin/python]
 
 With --startup it times whole start-ups instead (wall clock): `python -c pass` and
 the 25 standard-library imports of bench_workloads, each under both builds, not asked
 to audit and audited from site (AUDITWATCH_SINK, a file), the four cases of a round
 in a shuffled order; each round keeps the median of --runs starts. Both environments
-should hold nothing but auditwatch, so that only the build differs.
+should hold nothing but auditwatch, so that only the build differs. With
+--collector-python, the audited processes send to a collector instead
+(`auditwatch collect`, run by that interpreter, which has auditwatch's tools
+installed), as in a deployment: what the start record and the exit drain wait for
+then includes the collector's acknowledgements.
 """
 
 from __future__ import annotations
@@ -62,9 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--startup", action="store_true", help="time start-ups instead")
     ap.add_argument("--runs", type=int, default=20, help="--startup: starts per case per round")
+    ap.add_argument(
+        "--collector-python", help="--startup: send to a collector run by this interpreter"
+    )
     args = ap.parse_args(argv)
     if args.startup:
-        startup(args.base_python, args.repeat, args.runs)
+        startup(args.base_python, args.repeat, args.runs, args.collector_python)
         return
     here = str(Path(__file__).resolve().parent)
     base_bench = args.base_benchmarks or here
@@ -84,13 +91,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {label} | {statistics.median(xs):,.0f} | {min(xs):,.0f} – {max(xs):,.0f} |")
 
 
-def startup(base_python: str, rounds: int, runs: int) -> None:
+def start_collector(python: str, tmp: str) -> subprocess.Popen:
+    """`auditwatch collect` on tmp/c.sock, once it listens."""
+    code = "import sys; from auditwatch.cli import main; sys.exit(main())"
+    argv = [python, "-c", code, "collect", "--socket", f"{tmp}/c.sock"]
+    proc = subprocess.Popen(
+        [*argv, "--store", f"{tmp}/store.sqlite", "--spool-dir", f"{tmp}/spool"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "READY":
+        proc.kill()
+        raise SystemExit(f"{python}: the collector did not start")
+    return proc
+
+
+def startup(base_python: str, rounds: int, runs: int, collector_python: str | None) -> None:
     """Wall-clock ms of whole start-ups of both builds, interleaved (module docstring)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDITWATCH_", "PYTHON"))}
     builds = {"base": base_python, "this": sys.executable}
     results: dict[tuple[str, str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        audited = dict(env, AUDITWATCH_SINK=f"file:{tmp}/records.jsonl")
+        collector = start_collector(collector_python, tmp) if collector_python else None
+        sink = f"unix:{tmp}/c.sock" if collector else f"file:{tmp}/records.jsonl"
+        audited = dict(env, AUDITWATCH_SINK=sink)
         ways = {"not asked": env, "audited": audited}
         for _ in range(rounds):
             cases = [(p, b, w) for p in PROGRAMS for b in builds for w in ways]
@@ -105,7 +131,11 @@ def startup(base_python: str, rounds: int, runs: int) -> None:
                 results.setdefault((program, build, way), []).append(statistics.median(times))
             if os.path.exists(f"{tmp}/records.jsonl"):
                 os.unlink(f"{tmp}/records.jsonl")
-    print(f"base: {base_python}\nthis: {sys.executable}\n{rounds} rounds of {runs} starts\n")
+        if collector:
+            collector.terminate()
+            collector.wait(60)
+    print(f"base: {base_python}\nthis: {sys.executable}\nsink: {sink.split(':')[0]}")
+    print(f"{rounds} rounds of {runs} starts\n")
     print("| start-up | build | not asked (ms) | audited (ms) | audited - not asked |")
     print("|---|---|---:|---:|---:|")
     for program in PROGRAMS:
