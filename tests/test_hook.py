@@ -624,6 +624,30 @@ def test_event_table_globs_exact_prefix_and_wildcards(tmp_path):
     assert not {n for n, action in table.items() if action == "ignore"} & recorded
 
 
+def test_event_table_tells_apart_names_its_hash_reads_alike(tmp_path):
+    # The cached lookup hashes a name's length and its first and last eight bytes
+    # (four, or three single bytes, when shorter). Names that differ only in the
+    # bytes in between, of every length class, must still get their own decisions,
+    # the first time (matching the globs) and from the cache (raised twice).
+    pairs = [
+        ("aaaaaaaa.X.bbbbbbbb", "aaaaaaaa.Y.bbbbbbbb"),  # longer than 16
+        ("aaaaaaaXbbbbbbbbb", "aaaaaaaYbbbbbbbbb"),  # 17 bytes
+        ("aaaaaaaXbbbbbbbb", "aaaaaaaYbbbbbbbb"),  # 16
+        ("aaaaXbbbbb", "aaaaYbbbbb"),  # 10: the two words overlap
+        ("aXbbb", "aYbbb"),  # 5
+        ("aXb", "aYb"),  # 3
+        ("ab", "ba"),
+    ]
+    events = ",".join(f"ignore:{ignored}" for ignored, _ in pairs)
+    code = "import sys\nfor _ in range(2):\n"
+    code += "".join(f"    sys.audit({a!r}); sys.audit({b!r})\n" for a, b in pairs)
+    a = run_audited(tmp_path, code, events=events)
+    recorded = [r["event"] for r in a.records if r.get("kind") == "event"]
+    for ignored, kept in pairs:
+        assert ignored not in recorded
+        assert recorded.count(kept) == 2, kept
+
+
 def test_event_names_are_written_alike_the_first_time_and_from_the_cache(tmp_path):
     # The first record of a name encodes it; later ones copy the encoding the event
     # table kept. Both must state the same name, whatever characters it holds.

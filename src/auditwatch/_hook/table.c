@@ -25,6 +25,8 @@ typedef struct {
 typedef struct {
     _Atomic(const char *) name;
     uint32_t hash;
+    uint32_t len;
+    uint64_t head, tail; /* the words hash_name read: the whole name up to 16 bytes */
     int action;
     const char *rule;
     int ndeny;
@@ -138,21 +140,64 @@ static char *name_json(const char *event) {
     return out;
 }
 
-static uint32_t hash_name(const char *s) {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
+static inline uint64_t load64(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint64_t load32(const char *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Every event pays for this lookup, ignored ones included, so the hash reads a
+ * name's length and at most its first and last eight bytes (overlapping when it is
+ * shorter): about 20 instructions, where FNV-1a over every byte cost 4 to 5 a byte
+ * (docs/performance.md, "The event table's hash"). Up to 16 bytes those words are
+ * the whole name, so comparing them (and the length) is the exact comparison; a
+ * longer name is compared with memcmp as well. Names that share the words and the
+ * length only probe further. */
+static uint32_t hash_name(const char *s, size_t n, uint64_t *head, uint64_t *tail) {
+    uint64_t a, b;
+    if (n >= 8) {
+        a = load64(s);
+        b = load64(s + n - 8);
+    } else if (n >= 4) {
+        a = load32(s);
+        b = load32(s + n - 4);
+    } else {
+        a = n ? ((uint64_t)(unsigned char)s[0] << 16 | (uint64_t)(unsigned char)s[n / 2] << 8 |
+                 (unsigned char)s[n - 1])
+              : 0;
+        b = 0;
+    }
+    uint64_t h = (a ^ 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+    h ^= (b ^ n) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    h *= 0xD6E8FEB86659FD93ull;
+    *head = a;
+    *tail = b;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static inline int same_name(const slot *sl, const char *name, uint32_t h, size_t n, uint64_t a,
+                            uint64_t b, const char *event) {
+    return sl->hash == h && sl->len == n && sl->head == a && sl->tail == b &&
+           (n <= 16 || memcmp(name, event, n) == 0);
 }
 
 void aw_table_lookup(const char *event, aw_decision *d) {
-    uint32_t h = hash_name(event);
+    size_t n = strlen(event);
+    uint64_t a, b;
+    uint32_t h = hash_name(event, n, &a, &b);
     for (uint32_t i = h & (SLOTS - 1), probes = 0; probes < SLOTS;
          i = (i + 1) & (SLOTS - 1), probes++) {
         const char *name = atomic_load_explicit(&slots[i].name, memory_order_acquire);
         if (name == NULL)
             break;
-        if (slots[i].hash == h && strcmp(name, event) == 0) {
+        if (same_name(&slots[i], name, h, n, a, b, event)) {
             d->action = slots[i].action;
             d->rule = slots[i].rule;
             d->ndeny = slots[i].ndeny;
@@ -168,7 +213,7 @@ void aw_table_lookup(const char *event, aw_decision *d) {
     d->ndeny = aw_deny_candidates(event, d->scratch, AW_MAX_DENY);
     d->deny = d->scratch;
     d->event_json = NULL;
-    if (strlen(event) > 256)
+    if (n > 256)
         return; /* not worth a slot: hostile code can invent long names */
     pthread_mutex_lock(&insert_mu);
     if (n_slots < SLOTS / 2) {
@@ -177,12 +222,15 @@ void aw_table_lookup(const char *event, aw_decision *d) {
             const char *name = atomic_load_explicit(&slots[i].name, memory_order_relaxed);
             if (name == NULL)
                 break;
-            if (slots[i].hash == h && strcmp(name, event) == 0)
+            if (same_name(&slots[i], name, h, n, a, b, event))
                 goto done; /* another thread inserted it meanwhile */
         }
         char *copy = strdup(event);
         if (copy) {
             slots[i].hash = h;
+            slots[i].len = (uint32_t)n;
+            slots[i].head = a;
+            slots[i].tail = b;
             slots[i].action = action;
             slots[i].rule = rule_text;
             slots[i].ndeny = d->ndeny;
