@@ -139,7 +139,10 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
             rule = hit;
         }
     }
-    action = aw_code_event(event, args, action, &rule); /* provenance, PEP 551 policies */
+    /* Provenance and the PEP 551 policies: compile and cpython.run_* only. The test
+     * is aw_code_event's own first one, here so that other events skip the call. */
+    if (event[0] == 'c' && action != AW_IGNORE)
+        action = aw_code_event(event, args, action, &rule);
     if (atomic_load_explicit(&aw_probing, memory_order_relaxed) &&
         strcmp(event, "auditwatch.install") == 0) {
         /* The installation probe is on record whatever the table says. */
