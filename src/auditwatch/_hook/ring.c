@@ -899,30 +899,41 @@ int aw_writer_ensure(void) {
     return rc == 0 ? 0 : -1;
 }
 
+/* When the writer is parked, serve the records up to ticket from this thread (see
+ * "the writer role"), without the GIL when allowed: an ack may take up to
+ * flush_timeout. 1 when this thread served them or they were out already, with
+ * *out saying whether they are; 0 when the writer or another holder of the role
+ * will. */
+static int serve_here(uint64_t ticket, int may_release_gil, int *out) {
+    int *held = &locks_held;
+    lock_counted(&R.mu, held);
+    if (R.done_ticket >= ticket || !take_role(held)) {
+        *out = R.done_ticket >= ticket;
+        unlock_counted(&R.mu, held);
+        return *out;
+    }
+    unlock_counted(&R.mu, held);
+    PyThreadState *saved = maybe_release_gil(may_release_gil);
+    lock_counted(&R.mu, held);
+    serve_until(ticket, held);
+    *out = R.done_ticket >= ticket;
+    give_role(held);
+    if (saved)
+        PyEval_RestoreThread(saved);
+    return 1;
+}
+
 int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     if (ticket == 0 || !atomic_load(&R.writer_running))
         return ticket == 0 ? 0 : -1;
-    int *held = &locks_held;
-    lock_counted(&R.mu, held);
-    if (R.done_ticket < ticket && take_role(held)) {
-        /* The writer is parked: serve the record from here (see "the writer role").
-         * Without the GIL: an ack may take up to flush_timeout. */
-        unlock_counted(&R.mu, held);
-        PyThreadState *saved = maybe_release_gil(may_release_gil);
-        lock_counted(&R.mu, held);
-        serve_until(ticket, held);
-        int rc = R.done_ticket >= ticket ? 0 : -1;
-        give_role(held);
-        if (saved)
-            PyEval_RestoreThread(saved);
-        return rc;
-    }
-    unlock_counted(&R.mu, held);
+    int out;
+    if (serve_here(ticket, may_release_gil, &out))
+        return out ? 0 : -1;
     PyThreadState *saved = maybe_release_gil(may_release_gil);
     struct timespec dl;
     deadline_in(&dl, timeout);
     int rc = 0;
-    lock_counted(&R.mu, held);
+    aw_lock(&R.mu);
     /* The writer is busy, or someone else serves: the record asked for its ack when
      * it was queued (AW_PUT_FLUSH), so only the wait is left. */
     while (R.done_ticket < ticket && !R.writer_done) {
@@ -933,29 +944,17 @@ int aw_ring_flush(uint64_t ticket, double timeout, int may_release_gil) {
     }
     if (R.done_ticket < ticket)
         rc = -1;
-    unlock_counted(&R.mu, held);
+    aw_unlock(&R.mu);
     if (saved)
         PyEval_RestoreThread(saved);
     return rc;
 }
 
 void aw_ring_send(uint64_t ticket) {
-    if (ticket == 0 || !atomic_load(&R.writer_running))
-        return;
-    int *held = &locks_held;
-    lock_counted(&R.mu, held);
-    if (R.done_ticket < ticket && take_role(held)) {
-        unlock_counted(&R.mu, held);
-        PyThreadState *saved = maybe_release_gil(1);
-        lock_counted(&R.mu, held);
-        serve_until(ticket, held);
-        give_role(held);
-        if (saved)
-            PyEval_RestoreThread(saved);
-        return;
-    }
-    /* The writer is busy (its next pass takes the record) or someone serves. */
-    unlock_counted(&R.mu, held);
+    int out;
+    /* Not served here: the writer is busy, and its next pass takes the records. */
+    if (ticket != 0 && atomic_load(&R.writer_running))
+        serve_here(ticket, 1, &out);
 }
 
 /* Wait for the writer to drain everything and stop; or, when it is parked, drain
