@@ -4,12 +4,14 @@
  * ring under a mutex. One native writer thread, which never touches the Python API
  * and so never needs a GIL, takes them out in order, numbers them (seq), adds the
  * per-process prefix and writes them to the sink: the collector's Unix socket, or a
- * file. When the sink fails the writer switches to a spool file and nothing is lost;
- * when that fails too, what could not be written is counted.
+ * file. While it is parked, a thread that needs its records out (the start record,
+ * an indicator, the exit drain) does that work itself: "the writer role", below.
+ * When the sink fails the writer switches to a spool file and nothing is lost; when
+ * that fails too, what could not be written is counted.
  *
- * The writer reads entries outside the mutex: producers only ever write into free
- * space and only the writer frees space, so [tail, head) is stable once head has been
- * read under the mutex.
+ * The writer role reads entries outside the mutex: producers only ever write into
+ * free space and only the role's holder frees space, so [tail, head) is stable once
+ * head has been read under the mutex.
  */
 #include "aw.h"
 
