@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,15 +41,23 @@ def test_the_start_record_names_the_user_or_says_null(tmp_path):
     known = pwd.getpwnam("nobody").pw_uid
     unknown = next(u for u in range(54321, 60000) if not _has_user(u))
     # A sink the other users can reach: pytest's own directories are root's only.
-    shared = Path(tempfile.mkdtemp())
-    os.chmod(shared, 0o777)
-    sink = shared / "records.jsonl"
-    sink.touch()
-    os.chmod(sink, 0o666)
+    with tempfile.TemporaryDirectory() as shared:
+        os.chmod(shared, 0o777)
+        sink = Path(shared) / "records.jsonl"
+        sink.touch()
+        os.chmod(sink, 0o666)
+        starts = _start_records_of_children(tmp_path, sink, known, unknown)
+    users = {r["proc"]["uid"]: r["proc"]["user"] for r in starts}
+    assert users == {os.getuid(): pwd.getpwuid(os.getuid()).pw_name, known: "nobody", unknown: None}
+
+
+def _start_records_of_children(tmp_path: Path, sink: Path, *uids: int) -> list[dict]:
+    """Run a program whose children, forked through libc, each switch to one of uids
+    before their first record; the start records in sink."""
     code = f"""\
         import ctypes, os, sys
         libc = ctypes.CDLL(None)
-        for uid in ({known}, {unknown}):
+        for uid in {uids!r}:
             pid = libc.fork()
             if pid == 0:
                 os.setuid(uid)
@@ -59,10 +66,7 @@ def test_the_start_record_names_the_user_or_says_null(tmp_path):
             os.waitpid(pid, 0)
         """
     run_audited(tmp_path, code, events="record:probe,ignore:*", AUDITWATCH_SINK=f"file:{sink}")
-    starts = [r for r in read_records(sink) if r["kind"] == "start"]
-    shutil.rmtree(shared)
-    users = {r["proc"]["uid"]: r["proc"]["user"] for r in starts}
-    assert users == {os.getuid(): pwd.getpwuid(os.getuid()).pw_name, known: "nobody", unknown: None}
+    return [r for r in read_records(sink) if r["kind"] == "start"]
 
 
 def _has_user(uid: int) -> bool:
