@@ -150,6 +150,49 @@ def test_a_short_process_waits_for_one_ack_only(tmp_path):
     assert seen[-2]["kind"] == "exit" and "ctl" in seen[-1]
 
 
+def test_an_indicator_served_in_place_does_not_hang_on_a_full_socket(tmp_path):
+    # The collector accepts and never reads. The program fills the socket's buffer
+    # itself (MSG_DONTWAIT sends on a dup of the recorder's socket), while the writer
+    # thread is parked; then an indicator. Its thread serves the record in place and
+    # must not block on the full socket: after flush_timeout the batch goes to the
+    # spool file and the program goes on.
+    sock = str(tmp_path / "c.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock)
+    server.listen(4)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    code = """\
+import os, socket, stat, sys, time
+time.sleep(0.3)  # the start-up records are out; the writer is parked
+fd = next(int(n) for n in os.listdir('/proc/self/fd')
+          if int(n) >= 200 and stat.S_ISSOCK(os.fstat(int(n)).st_mode))
+s = socket.socket(fileno=os.dup(fd))
+try:
+    while True:
+        s.send(b'x' * 65536, socket.MSG_DONTWAIT)
+except BlockingIOError:
+    pass
+t0 = time.monotonic()
+sys.addaudithook(lambda *a: None)
+print(round(time.monotonic() - t0, 3))
+"""
+    env = audit_env(
+        tmp_path,
+        events="flush:sys.addaudithook,ignore:*",
+        options="flush_timeout=0.5",
+        AUDITWATCH_SINK=f"unix:{sock}",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    server.close()
+    assert out.returncode == 0, out.stderr
+    assert 0.4 <= float(out.stdout) < 5
+    spooled = [r for f in (tmp_path / "spool").glob("*.jsonl") for r in read_records(f)]
+    assert any(r.get("event") == "sys.addaudithook" for r in spooled)
+
+
 def test_unacknowledged_indicator_is_spooled_and_counted(tmp_path):
     sock = str(tmp_path / "c.sock")
     server = slow_acker(sock, delay=0, answer=False, seen=[])

@@ -429,6 +429,8 @@ static void close_sink(void) {
     S.fd = -1;
 }
 
+static int await_ack(uint64_t seq);
+
 /* While spooling, try the collector again (at most once a second). On success the
  * spool file is sent first, then removed: records arrive in order, and the ones
  * that had already arrived before the failure are dropped by the collector, which
@@ -452,7 +454,10 @@ static void try_reconnect(void) {
             break;
     if (rfd >= 0)
         close(rfd);
-    if (rfd < 0 || got != 0) {
+    /* The spool file goes only once the collector confirms it stored what was
+     * replayed: the replay is in no unacked buffer, so a collector that takes it and
+     * never stores it would otherwise lose it. */
+    if (rfd < 0 || got != 0 || await_ack(S.seq) < 0) {
         close_sink(); /* replay failed: keep spooling, try again later */
         set_sink_state(2);
         return;
