@@ -325,4 +325,11 @@ uint64_t aw_record_event(const char *event, PyObject *args, const char *action, 
 #define AW_TSTATE() _PyThreadState_UncheckedGet()
 #endif
 
+/* The interpreter is finalizing: no program code of its own runs any more. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define AW_FINALIZING() Py_IsFinalizing()
+#else
+#define AW_FINALIZING() _Py_IsFinalizing()
+#endif
+
 #endif

@@ -33,16 +33,15 @@ uint64_t aw_record_event(const char *event, PyObject *args, const char *action, 
     return aw_record_event_with(event, NULL, args, action, rule, &aw_default_limits, put_flags);
 }
 
-/* CPython raises it only while the interpreter finalizes, just before it clears every
- * hook, ours included; the exit record follows. Its flush sends the records at once
- * but does not wait for the collector's ack: the exit drain, a moment later, waits
- * for the ack of everything (one collector round trip per process fewer). */
-static const char CLEAR_HOOKS[] = "cpython._PySys_ClearAuditHooks";
-
 void aw_record_decided(const char *event, const char *event_json, PyObject *args, int action,
                        const char *name, const char *rule, const aw_limits *lim) {
     int indicator = action >= AW_FLUSH;
-    int send_only = action == AW_FLUSH && strcmp(event, CLEAR_HOOKS) == 0;
+    /* While the interpreter finalizes (cpython._PySys_ClearAuditHooks, raised just
+     * before CPython clears every hook, ours included), the exit record and the exit
+     * drain follow, and the drain waits for the ack of everything: a flush there
+     * sends its records at once without waiting for the ack itself, one collector
+     * round trip per process fewer. A denial still waits: it refuses an operation. */
+    int send_only = action == AW_FLUSH && AW_FINALIZING();
     if (indicator)
         aw_hasher_drain();
     int wait = indicator && !send_only;

@@ -146,11 +146,7 @@ static PyThreadState *maybe_release_gil(int may) {
     if (!may)
         return NULL;
     PyThreadState *ts = AW_TSTATE();
-#if PY_VERSION_HEX >= 0x030D0000
-    if (ts == NULL || Py_IsFinalizing() || !PyGILState_Check())
-#else
-    if (ts == NULL || _Py_IsFinalizing() || !PyGILState_Check())
-#endif
+    if (ts == NULL || AW_FINALIZING() || !PyGILState_Check())
         return NULL;
     return PyEval_SaveThread();
 }
