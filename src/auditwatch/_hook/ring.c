@@ -373,13 +373,14 @@ static int spool_open(void) {
 
 static long long monotonic_ns(void);
 
-/* Set while a thread other than the writer serves (the writer role, below): a
- * collector that stops reading must not hold that thread, which is the program's,
- * for longer than flush_timeout; the batch then goes to the spool file. The writer
- * thread's own sends block, and aw_writer_stop bounds the wait for them. */
-static int serving_inline;
-
+/* A thread other than the writer that serves (R.role_taken, "the writer role"
+ * below) is the program's: a collector that stops reading must not hold it for
+ * longer than flush_timeout; the batch then goes to the spool file. The writer
+ * thread's own sends block, and aw_writer_stop bounds the wait for them. Read
+ * without the mutex: only the role's holder writes to the sink, and the writer
+ * serves only while no one has taken the role. */
 static int write_all(int fd, const char *p, size_t n, int is_socket) {
+    int serving_inline = R.role_taken;
     long long deadline = 0;
     while (n) {
         ssize_t w = !is_socket ? write(fd, p, n)
@@ -782,14 +783,12 @@ static int take_role(int *held) {
         (atomic_load(&R.writer_running) && !R.writer_waiting && !R.lingering))
         return 0;
     R.role_taken = 1;
-    serving_inline = 1;
     count_in(held);
     return 1;
 }
 
 /* With R.mu held; returns without it. What arrived meanwhile is the writer's. */
 static void give_role(int *held) {
-    serving_inline = 0;
     R.role_taken = 0;
     pthread_cond_broadcast(&R.flushed);
     /* Stopped (writer_done): the process is leaving, and the parked writer with it. */
@@ -1031,7 +1030,6 @@ static void atfork_child(void) {
     R.put_ticket = R.done_ticket = R.flush_ticket = 0;
     R.dropped_pending = 0;
     R.writer_waiting = R.lingering = R.stop = R.writer_done = R.role_taken = 0;
-    serving_inline = 0;
     total_dropped = 0;
     memset(&R.c, 0, sizeof R.c);
     atomic_store(&R.writer_running, 0);
