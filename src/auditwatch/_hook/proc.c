@@ -41,11 +41,9 @@ const char *aw_proc_prefix(size_t *len) {
 
 static void new_run_id(char out[33]) {
     unsigned char raw[16];
-    ssize_t got0 = getrandom(raw, sizeof raw, GRND_NONBLOCK);
-    size_t got = got0 > 0 ? (size_t)got0 : 0;
+    size_t got = getrandom(raw, sizeof raw, GRND_NONBLOCK) == (ssize_t)sizeof raw ? sizeof raw : 0;
     int fd = got < sizeof raw ? open("/dev/urandom", O_RDONLY | O_CLOEXEC) : -1;
     if (fd >= 0) {
-        got = 0;
         while (got < sizeof raw) {
             ssize_t r = read(fd, raw + got, sizeof raw - got);
             if (r <= 0 && errno != EINTR)
@@ -142,8 +140,8 @@ static void put_user_name(aw_buf *b, uid_t uid) {
         fclose(f);
     }
 #endif
-    if (res == NULL && (getpwuid_r(uid, &pw, pwbuf, sizeof pwbuf, &res) != 0 || !res))
-        res = NULL;
+    if (res == NULL)
+        getpwuid_r(uid, &pw, pwbuf, sizeof pwbuf, &res); /* res stays NULL on failure */
     if (res != NULL && pw.pw_name)
         aw_buf_cstr(b, pw.pw_name, strlen(pw.pw_name));
     else
