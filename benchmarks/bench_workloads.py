@@ -249,6 +249,24 @@ def startup_modes(tmp: str) -> dict[str, tuple[list[str], dict]]:
 IMPORT_STEPS = {"import _auditwatch": "import _auditwatch"}
 
 
+def median_start_ms(
+    argv: list[str], env: dict[str, str], runs: int, cwd: str | None = None
+) -> float:
+    """The median wall-clock ms of `runs` whole runs of argv, one after another."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, cwd=cwd)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def unasked_env() -> dict[str, str]:
+    """This environment with no AUDITWATCH_* and no PYTHON* variable: a start-up that
+    nothing asks to audit, and that no setting of the caller's changes."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AUDITWATCH_", "PYTHON"))}
+
+
 def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
     """Wall-clock ms of whole processes, the hook installed the way users install it."""
     results: dict[tuple[str, str], list[float]] = {}
@@ -259,12 +277,8 @@ def bench_startup(rounds: int, runs: int) -> dict[tuple[str, str], list[float]]:
             random.shuffle(cases)
             for p, m in cases:
                 argv, e = modes[m]
-                times = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    subprocess.run([*argv, "-c", PROGRAMS[p]], env=e, check=True)
-                    times.append((time.perf_counter() - t0) * 1000)
-                results.setdefault((p, m), []).append(statistics.median(times))
+                ms = median_start_ms([*argv, "-c", PROGRAMS[p]], e, runs)
+                results.setdefault((p, m), []).append(ms)
                 if os.path.exists(f"{tmp}/records.jsonl"):
                     os.unlink(f"{tmp}/records.jsonl")
     return results

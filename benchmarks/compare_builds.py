@@ -35,10 +35,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench_workloads import PROGRAMS
+from bench_workloads import PROGRAMS, median_start_ms, unasked_env
 
 _CODE = (
     "import sys, tempfile; sys.path.insert(0, {bench!r}); import bench_collector as b; "
@@ -110,7 +109,7 @@ def start_collector(python: str, tmp: str) -> subprocess.Popen:
 
 def startup(base_python: str, rounds: int, runs: int, collector_python: str | None) -> None:
     """Wall-clock ms of whole start-ups of both builds, interleaved (module docstring)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDITWATCH_", "PYTHON"))}
+    env = unasked_env()
     builds = {"base": base_python, "this": sys.executable}
     results: dict[tuple[str, str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,12 +122,8 @@ def startup(base_python: str, rounds: int, runs: int, collector_python: str | No
             random.shuffle(cases)
             for program, build, way in cases:
                 argv = [builds[build], "-c", PROGRAMS[program]]
-                times = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    subprocess.run(argv, env=ways[way], check=True, cwd="/")
-                    times.append((time.perf_counter() - t0) * 1000)
-                results.setdefault((program, build, way), []).append(statistics.median(times))
+                ms = median_start_ms(argv, ways[way], runs, cwd="/")
+                results.setdefault((program, build, way), []).append(ms)
             if os.path.exists(f"{tmp}/records.jsonl"):
                 os.unlink(f"{tmp}/records.jsonl")
         if collector:

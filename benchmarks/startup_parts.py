@@ -20,14 +20,14 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from bench_workloads import median_start_ms, unasked_env
 
 
 def cases(tmp: str) -> dict[str, tuple[dict[str, str], str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDITWATCH_", "PYTHON"))}
+    env = unasked_env()
     sink = dict(env, AUDITWATCH_SINK=f"file:{tmp}/records.jsonl")
     return {
         "not asked": (env, "pass"),
@@ -55,12 +55,8 @@ def main(argv: list[str] | None = None) -> None:
             random.shuffle(order)
             for name in order:
                 env, code = ways[name]
-                times = []
-                for _ in range(args.runs):
-                    t0 = time.perf_counter()
-                    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd="/")
-                    times.append((time.perf_counter() - t0) * 1000)
-                results.setdefault(name, []).append(statistics.median(times))
+                ms = median_start_ms([sys.executable, "-c", code], env, args.runs, cwd="/")
+                results.setdefault(name, []).append(ms)
             if os.path.exists(f"{tmp}/records.jsonl"):
                 os.unlink(f"{tmp}/records.jsonl")
     base = results["not asked"]
