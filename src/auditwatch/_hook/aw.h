@@ -297,7 +297,8 @@ int aw_opencode_install(const char *manifest_file, char *err, size_t errlen);
 int aw_opencode_installed(void);
 
 /* Provenance and start-up policies for compile and cpython.run_* (opencode.c);
- * returns the action, possibly turned into a denial. */
+ * returns the action, possibly turned into a denial. Called only for an event whose
+ * name starts with 'c' and whose action is not ignore (the hook tests that first). */
 int aw_code_event(const char *event, PyObject *args, int action, const char **rule);
 /* Record an event as the table decided (name: how the record states the action).
  * An indicator (action flush and above) has left the process when this returns, and

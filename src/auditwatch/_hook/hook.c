@@ -138,8 +138,8 @@ int aw_audit_hook(const char *event, PyObject *args, void *userdata) {
             rule = hit;
         }
     }
-    /* Provenance and the PEP 551 policies: compile and cpython.run_* only. The test
-     * is aw_code_event's own first one, here so that other events skip the call. */
+    /* Provenance and the PEP 551 policies: compile and cpython.run_* only. The
+     * cheap test is here, so that other events skip the call. */
     if (event[0] == 'c' && action != AW_IGNORE)
         action = aw_code_event(event, args, action, &rule);
     if (atomic_load_explicit(&aw_probing, memory_order_relaxed) &&

@@ -784,8 +784,8 @@ static void capture_stdin(void) {
 }
 
 int aw_code_event(const char *event, PyObject *args, int action, const char **rule) {
-    /* Cheap exit for everything but compile and cpython.run_*. */
-    if (event[0] != 'c' || action == AW_IGNORE || args == NULL || !PyTuple_Check(args))
+    /* The hook calls this only for a name starting with 'c' that is not ignored. */
+    if (args == NULL || !PyTuple_Check(args))
         return action;
     int is_compile = strcmp(event, "compile") == 0;
     if (!is_compile && strncmp(event, "cpython.run_", 12) != 0)
