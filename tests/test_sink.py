@@ -291,6 +291,34 @@ print(_auditwatch.status()['dropped'])
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
 
 
+def test_a_record_leaves_within_moments_whether_the_writer_is_awake_or_asleep(tmp_path):
+    # Awake (just after start-up, or after a batch), the writer comes back for new
+    # records on its own and the program does not wake it; after a quiet spell it
+    # sleeps, and the next record wakes it. Either way a record is in the sink long
+    # before the next heartbeat (30 s here) would have carried it out.
+    code = (
+        "import sys, time\n"
+        "sys.audit('while.awake')\n"
+        "print('awake', flush=True)\n"
+        "time.sleep(0.5)\n"  # far past the writer's naps: it is asleep now
+        "sys.audit('after.quiet')\n"
+        "print('quiet', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = audit_env(tmp_path, options="heartbeat=30")
+    sink = tmp_path / "records.jsonl"
+    with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE) as proc:
+        try:
+            for line, event in ((b"awake\n", "while.awake"), (b"quiet\n", "after.quiet")):
+                assert proc.stdout.readline() == line
+                raised = time.monotonic()
+                while not any(r.get("event") == event for r in read_records(sink)):
+                    assert time.monotonic() - raised < 2.0, f"{event} is still in the ring"
+                    time.sleep(0.01)
+        finally:
+            proc.kill()
+
+
 def test_silence_is_filled_with_heartbeats(tmp_path):
     code = "import time; time.sleep(1.2)"
     env = audit_env(tmp_path, options="heartbeat=0.2")

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -30,7 +31,11 @@
 
 aw_options aw_opts = {"", "", 4u << 20, AW_POLICY_WAIT, 5.0, 2.0, 1};
 
-#define LINGER_NS 1000000L    /* let a burst gather into one write */
+/* The writer's naps: a record waits in the ring at most NAP_S once the writer is
+ * awake, so that a burst gathers into one write; after NAPS naps with nothing to
+ * do it sleeps until a record wakes it (see writer_main). */
+#define NAP_S 0.001
+#define NAPS 8
 #define BATCH_BYTES (256 << 10) /* flush the output buffer past this size */
 #define SINK_FD_MIN 200         /* keep our fds out of the way of programs' own */
 #define UNACKED_MAX ((size_t)8 << 20) /* see "acknowledgements" */
@@ -39,19 +44,19 @@ aw_options aw_opts = {"", "", 4u << 20, AW_POLICY_WAIT, 5.0, 2.0, 1};
 
 static struct {
     pthread_mutex_t mu;
-    pthread_cond_t not_empty, not_full, flushed, stopped;
+    pthread_cond_t not_full, flushed, stopped;
+    sem_t wake; /* the parked writer's: a semaphore, so that a signal handler may post */
     char *data;
     uint64_t cap, head, tail; /* bytes; head and tail only grow */
     uint64_t put_ticket, done_ticket;
     uint64_t flush_ticket; /* the last record someone waits for: acked when it is sent */
     uint64_t dropped_pending;
-    int writer_waiting, lingering, stop, writer_done;
+    int writer_waiting, dozing, wake_posted, stop, writer_done;
     int role_taken; /* a thread other than the writer serves (see "the writer role") */
     atomic_int writer_running;
     pthread_t writer;
     aw_counters c;
 } R = {.mu = PTHREAD_MUTEX_INITIALIZER,
-       .not_empty = PTHREAD_COND_INITIALIZER,
        .not_full = PTHREAD_COND_INITIALIZER,
        .flushed = PTHREAD_COND_INITIALIZER,
        .stopped = PTHREAD_COND_INITIALIZER};
@@ -82,6 +87,8 @@ static char unacked_storage[ACK_EVERY_BYTES + BATCH_BYTES];
 
 int aw_ring_init(size_t bytes) {
     aw_buf_init(&unacked, unacked_storage, sizeof unacked_storage);
+    if (sem_init(&R.wake, 0, 0) != 0)
+        return -1;
     if (bytes < (1u << 20))
         bytes = 1u << 20;
     R.data = malloc(bytes);
@@ -96,6 +103,21 @@ static void deadline_in(struct timespec *ts, double seconds) {
     long long ns = ts->tv_nsec + (long long)(seconds * 1e9);
     ts->tv_sec += (time_t)(ns / 1000000000LL);
     ts->tv_nsec = (long)(ns % 1000000000LL);
+}
+
+/* With R.mu held: whether to wake the parked writer, and if so, the caller posts
+ * R.wake (after unlocking when it can: the writer's first act is to take R.mu).
+ * One post at a time is outstanding; park() takes back one that came too late. */
+static int wake_due(void) {
+    if (!R.writer_waiting || R.wake_posted)
+        return 0;
+    R.wake_posted = 1;
+    return 1;
+}
+
+static void wake_writer(void) {
+    if (wake_due())
+        sem_post(&R.wake);
 }
 
 /* SIGTERM may land on a thread that holds one of these locks, and the exit path
@@ -194,8 +216,7 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
         if (!can_wait) {
             R.dropped_pending++;
             R.c.dropped++;
-            if (R.writer_waiting)
-                pthread_cond_signal(&R.not_empty);
+            wake_writer();
             unlock_counted(&R.mu, held);
             if (saved)
                 PyEval_RestoreThread(saved);
@@ -209,8 +230,7 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
             lock_counted(&R.mu, held);
             continue;
         }
-        if (R.writer_waiting)
-            pthread_cond_signal(&R.not_empty);
+        wake_writer();
         if (keep || term_wait) {
             if (pthread_cond_timedwait(&R.not_full, &R.mu, &keep_deadline) == ETIMEDOUT) {
                 /* the sink is stuck: give up as a drop, counted */
@@ -241,11 +261,14 @@ uint64_t aw_ring_put(const char *body, size_t n, int flags) {
     int flush = flags & AW_PUT_FLUSH;
     if (flush)
         R.flush_ticket = ticket;
-    /* A record waited for is served by its caller itself when the writer is parked
-     * (aw_ring_flush): waking the writer for it would only make it wait its turn. */
-    if (R.writer_waiting && !flush)
-        pthread_cond_signal(&R.not_empty);
+    /* A dozing writer comes by within NAP_S: waking it would cost more than the
+     * wait (a cross-CPU wake-up). A record waited for is served by its caller itself
+     * when the writer is parked (aw_ring_flush): waking the writer for it would only
+     * make it wait its turn. */
+    int post = !flush && !R.dozing && wake_due();
     unlock_counted(&R.mu, held);
+    if (post)
+        sem_post(&R.wake);
     if (saved)
         PyEval_RestoreThread(saved);
     return ticket;
@@ -672,8 +695,8 @@ static void out_meta_record(aw_buf *out, const char *kind, const char *key1, uin
 
 /* ---- the writer role -----------------------------------------------------------
  * One thread at a time formats records and writes the sink: the writer thread, or,
- * while the writer thread is parked (waiting for records, or lingering for a burst
- * to gather), a thread that needs its records out before it goes on: the thread that
+ * while the writer thread is parked (asleep until woken, or dozing between passes),
+ * a thread that needs its records out before it goes on: the thread that
  * starts the recorder (the start record), a flush indicator, the exit drain. That
  * thread takes the role (R.role_taken) and serves the ring itself: waking the writer
  * and waiting to be woken in turn cost two cross-thread hand-offs, tens of
@@ -780,7 +803,7 @@ static void leave(int *held) {
 /* With R.mu held: take the role if the writer thread is parked or not started yet. */
 static int take_role(int *held) {
     if (R.role_taken || R.writer_done ||
-        (atomic_load(&R.writer_running) && !R.writer_waiting && !R.lingering))
+        (atomic_load(&R.writer_running) && !R.writer_waiting))
         return 0;
     R.role_taken = 1;
     count_in(held);
@@ -792,10 +815,33 @@ static void give_role(int *held) {
     R.role_taken = 0;
     pthread_cond_broadcast(&R.flushed);
     /* Stopped (writer_done): the process is leaving, and the parked writer with it. */
-    if (R.writer_waiting && !R.writer_done && (R.head != R.tail || R.dropped_pending))
-        pthread_cond_signal(&R.not_empty);
+    if (!R.dozing && !R.writer_done && (R.head != R.tail || R.dropped_pending))
+        wake_writer();
     unlock_counted(&R.mu, held);
     count_out(held);
+}
+
+/* The writer thread waits (R.mu held, counted in *held) until woken or for
+ * `seconds`. Dozing, only what cannot wait for its next pass wakes it: a full ring,
+ * the exit. ETIMEDOUT, or 0 when woken (possibly by a stale post: callers look). */
+static int park(double seconds, int dozing, int *held) {
+    struct timespec dl;
+    deadline_in(&dl, seconds);
+    R.writer_waiting = 1;
+    R.dozing = dozing;
+    unlock_counted(&R.mu, held);
+    int rc;
+    while ((rc = sem_timedwait(&R.wake, &dl)) != 0 && errno == EINTR)
+        ;
+    lock_counted(&R.mu, held);
+    R.writer_waiting = 0;
+    R.dozing = 0;
+    if (R.wake_posted) {
+        R.wake_posted = 0;
+        if (rc != 0)
+            sem_trywait(&R.wake); /* posted after the time-out */
+    }
+    return rc == 0 ? 0 : ETIMEDOUT;
 }
 
 static void *writer_main(void *arg) {
@@ -809,27 +855,24 @@ static void *writer_main(void *arg) {
     int own_locks = 0, *held = &own_locks; /* not locks_held: see role_held */
 
     lock_counted(&R.mu, held);
+    int naps = NAPS; /* start-up is busy: begin awake */
     for (;;) {
         int heartbeat = 0;
-        if (R.head == R.tail && !R.stop && !R.dropped_pending) {
-            struct timespec dl;
-            deadline_in(&dl, aw_opts.heartbeat);
-            R.writer_waiting = 1;
-            int rc = 0;
-            while (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done &&
-                   rc != ETIMEDOUT)
-                rc = pthread_cond_timedwait(&R.not_empty, &R.mu, &dl);
-            R.writer_waiting = 0;
-            heartbeat = rc == ETIMEDOUT && R.head == R.tail;
-            if (!heartbeat && !R.stop && !R.writer_done) {
+        if (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done) {
+            if (naps > 0) {
+                /* Awake: come back for what the program records meanwhile rather than
+                 * have it wake us (tens of microseconds of its time in a VM). */
+                naps--;
+                park(NAP_S, 1, held);
+                if (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done)
+                    continue;
+            } else {
+                heartbeat = park(aw_opts.heartbeat, 0, held) == ETIMEDOUT &&
+                            R.head == R.tail && !R.dropped_pending;
                 /* Woken by the first record of a burst: let the burst gather. A record
                  * waited for is served by its waiter meanwhile (take_role). */
-                struct timespec linger;
-                deadline_in(&linger, LINGER_NS / 1e9);
-                R.lingering = 1;
-                while (!R.stop && pthread_cond_timedwait(&R.not_empty, &R.mu, &linger) != ETIMEDOUT)
-                    ;
-                R.lingering = 0;
+                if (!heartbeat && !R.stop && !R.writer_done)
+                    park(NAP_S, 1, held);
             }
         }
         while (R.role_taken)
@@ -844,6 +887,7 @@ static void *writer_main(void *arg) {
             continue;
         }
         serve(&out, heartbeat, held);
+        naps = heartbeat ? 0 : NAPS;
     }
     unlock_counted(&R.mu, held);
     aw_buf_free(&out);
@@ -976,8 +1020,7 @@ void aw_writer_stop(double timeout) {
         give_role(held);
         return;
     }
-    if (R.writer_waiting || R.lingering)
-        pthread_cond_signal(&R.not_empty);
+    wake_writer();
     struct timespec dl, hard;
     deadline_in(&dl, timeout);
     deadline_in(&hard, STOP_MAX_S);
@@ -1022,14 +1065,14 @@ static void atfork_child(void) {
     locks_held = 0;
     atomic_store(&threads_locking, 0);
     aw_table_unlock();
-    pthread_cond_init(&R.not_empty, NULL);
+    sem_init(&R.wake, 0, 0);
     pthread_cond_init(&R.not_full, NULL);
     pthread_cond_init(&R.flushed, NULL);
     pthread_cond_init(&R.stopped, NULL);
     R.head = R.tail = 0;
     R.put_ticket = R.done_ticket = R.flush_ticket = 0;
     R.dropped_pending = 0;
-    R.writer_waiting = R.lingering = R.stop = R.writer_done = R.role_taken = 0;
+    R.writer_waiting = R.dozing = R.wake_posted = R.stop = R.writer_done = R.role_taken = 0;
     total_dropped = 0;
     memset(&R.c, 0, sizeof R.c);
     atomic_store(&R.writer_running, 0);
