@@ -181,6 +181,18 @@ def test_sigterm_writes_an_exit_record_then_terminates(tmp_path):
     assert records[-1]["status"] == {"how": "signal", "signal": signal.SIGTERM}
 
 
+def test_sigterm_handling_adds_no_thread(tmp_path):
+    # The writer thread answers SIGTERM: with the handler installed (the default)
+    # the process has as many threads as without it.
+    code = "import os; print(len(os.listdir('/proc/self/task')))"
+    counts = []
+    for on in (0, 1):
+        (tmp_path / f"sigterm-{on}").mkdir()
+        ran = run_audited(tmp_path / f"sigterm-{on}", code, options=f"sigterm={on}")
+        counts.append(int(ran.proc.stdout))
+    assert counts[0] == counts[1] >= 2  # the program's thread and the writer
+
+
 def test_sigterm_while_recording_drains_every_record(tmp_path):
     # A process recording in a tight loop spends much of its time holding the
     # ring's lock, so SIGTERM often lands there. The handler must not wait for the

@@ -200,6 +200,10 @@ int aw_flush_indicator(uint64_t ticket);
 int aw_writer_ensure(void);
 /* Stop the writer after draining everything, bounded by timeout seconds. */
 void aw_writer_stop(double timeout);
+/* Async-signal-safe: have the writer thread write the exit record of a termination
+ * by sig and drain, and wait for that at most `seconds`. Returns at once when this
+ * process has no writer thread. */
+void aw_ring_term(int sig, double seconds);
 
 typedef struct {
     uint64_t queued, written, dropped, spooled, lost, heartbeats, reentrant, denied, ack_timeouts;
@@ -223,13 +227,19 @@ extern aw_process aw_proc;
 
 int aw_proc_install(const char *installed, char *err, size_t errlen);
 void aw_proc_exit_record(const char *how, int code, int sig);
+/* Who writes the exit record: the caller (first to ask), another exit path already
+ * doing so, or nobody (not recording). */
+enum { AW_EXIT_OURS, AW_EXIT_TAKEN, AW_EXIT_NONE };
+int aw_proc_claim_exit(void);
+/* The body of an exit record (`how`: exit, os._exit, exec, signal). */
+void aw_proc_exit_body(aw_buf *b, const char *how, int code, int sig);
 pid_t aw_gettid(void);
 long long aw_now_ns(void);
 /* Common prefix of every record after seq: ,"run":..,"pid":..,"installed":.. */
 const char *aw_proc_prefix(size_t *len);
 void aw_proc_start_record(void);
 void aw_proc_after_fork_child(void);
-/* Make this run's identity (after fork) and helper threads before its first record. */
+/* Make this run's identity (after fork) before its first record. */
 void aw_proc_prepare_run(void);
 /* SIGTERM that arrived while this thread held a ring lock: finish it now. */
 void aw_proc_deferred_term(void);
@@ -262,6 +272,8 @@ static inline void aw_hasher_collect(void) {
 /* The calling thread has a thread state of the main interpreter (opencode.c). */
 int aw_in_main_interpreter(void);
 void aw_hasher_drain(void);
+/* Jobs not yet in the ring (for the writer thread, which must not wait on them). */
+size_t aw_hasher_unfinished(void);
 void aw_hasher_atfork_prepare(void);
 void aw_hasher_atfork_parent(void);
 void aw_hasher_atfork_child(void);

@@ -197,6 +197,14 @@ void aw_hasher_release(void) {
     }
 }
 
+size_t aw_hasher_unfinished(void) {
+    /* Not aw_lock: the writer thread keeps no per-thread lock count (ring.c). */
+    pthread_mutex_lock(&H.mu);
+    size_t n = H.unfinished;
+    pthread_mutex_unlock(&H.mu);
+    return n;
+}
+
 void aw_hasher_drain(void) {
     aw_lock(&H.mu);
     if (H.unfinished) {

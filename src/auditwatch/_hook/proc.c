@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pwd.h>
-#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,11 +198,32 @@ void aw_proc_start_record(void) {
 
 static atomic_int exit_written;
 
+int aw_proc_claim_exit(void) {
+    if (!atomic_load(&aw_proc.active))
+        return AW_EXIT_NONE;
+    return atomic_exchange(&exit_written, 1) ? AW_EXIT_TAKEN : AW_EXIT_OURS;
+}
+
+void aw_proc_exit_body(aw_buf *b, const char *how, int code, int sig) {
+    aw_buf_puts(b, "\"ts\":");
+    aw_buf_int(b, aw_now_ns());
+    aw_buf_puts(b, ",\"kind\":\"exit\",\"status\":{\"how\":\"");
+    aw_buf_puts(b, how);
+    if (sig) {
+        aw_buf_puts(b, "\",\"signal\":");
+        aw_buf_int(b, sig);
+    } else {
+        aw_buf_puts(b, "\",\"code\":");
+        aw_buf_int(b, code);
+    }
+    aw_buf_puts(b, "}");
+}
+
 void aw_proc_exit_record(const char *how, int code, int sig) {
     if (!atomic_load(&aw_proc.active))
         return;
     aw_hasher_drain(); /* records of files read as code come before the exit record */
-    if (atomic_exchange(&exit_written, 1)) {
+    if (aw_proc_claim_exit() != AW_EXIT_OURS) {
         /* Another exit path got here first (os._exit racing SIGTERM, as when a pool
          * terminates workers that are finishing): let its record drain before
          * this path lets the process die. */
@@ -214,18 +234,7 @@ void aw_proc_exit_record(const char *how, int code, int sig) {
     char storage[256];
     aw_buf b;
     aw_buf_init(&b, storage, sizeof storage);
-    aw_buf_puts(&b, "\"ts\":");
-    aw_buf_int(&b, aw_now_ns());
-    aw_buf_puts(&b, ",\"kind\":\"exit\",\"status\":{\"how\":\"");
-    aw_buf_puts(&b, how);
-    if (sig) {
-        aw_buf_puts(&b, "\",\"signal\":");
-        aw_buf_int(&b, sig);
-    } else {
-        aw_buf_puts(&b, "\",\"code\":");
-        aw_buf_int(&b, code);
-    }
-    aw_buf_puts(&b, "}");
+    aw_proc_exit_body(&b, how, code, sig);
     aw_ring_put(b.p, b.len, AW_PUT_KEEP);
     aw_buf_free(&b);
     aw_writer_stop(aw_opts.flush_timeout + 3.0);
@@ -236,56 +245,35 @@ static void on_process_exit(int status, void *arg) {
     aw_proc_exit_record("exit", status, 0);
 }
 
-/* SIGTERM: the handler itself only posts a semaphore (async-signal-safe); a helper
- * thread writes the exit record and drains the ring, then the handler restores the
- * default action and the signal terminates the process as it would have. Installed
- * only when SIGTERM has its default action; a program that installs its own handler
- * replaces ours and exits through its own path.
+/* SIGTERM: the handler asks the writer thread for the exit record and the drain
+ * (aw_ring_term: it only stores and posts, async-signal-safe) and waits for them,
+ * then restores the default action and the signal terminates the process as it
+ * would have. Installed only when SIGTERM has its default action; a program that
+ * installs its own handler replaces ours and exits through its own path. The writer
+ * does it, not a thread of its own: a second thread cost every process about
+ * 0.1 ms of start-up (docs/performance.md, "One thread").
  *
- * The helper and the writer need the ring's locks. When the signal lands on a thread
- * that holds one (os._exit writing its exit record as a pool terminates its
- * workers), waiting in the handler would wait on itself: the handler then only marks
- * the termination as deferred, and the thread finishes it as it releases its last
- * lock (aw_proc_deferred_term), outside the handler. */
-static sem_t term_request, term_done;
-static int term_handler_installed, fork_pending;
-static atomic_int term_helper_running;
-static volatile sig_atomic_t term_signal;
+ * The exit path needs the ring's locks. When the signal lands on a thread that
+ * holds one (os._exit writing its exit record as a pool terminates its workers),
+ * waiting in the handler would wait on itself: the handler then only marks the
+ * termination as deferred, and the thread finishes it as it releases its last lock
+ * (aw_proc_deferred_term), outside the handler. */
+static int fork_pending;
 static __thread volatile sig_atomic_t term_deferred;
 /* Some thread has a deferred termination: lets aw_unlock skip the thread-local
  * check (a TLS lookup in another unit) on every record. Lock-free, so the handler
  * may set it. */
 atomic_int aw_term_pending;
 
-static void *term_helper(void *arg) {
-    (void)arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    while (sem_wait(&term_request) != 0)
-        ;
-    aw_proc_exit_record("signal", 0, (int)term_signal);
-    sem_post(&term_done);
-    return NULL;
-}
-
-/* Drain through the helper, then die of the signal. Async-signal-safe. */
+/* Drain through the writer, then die of the signal. Async-signal-safe. */
 static void terminate_by(int sig) {
-    if (atomic_load(&term_helper_running)) {
-        sem_post(&term_request);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)aw_opts.flush_timeout + 1;
-        while (sem_timedwait(&term_done, &ts) != 0 && errno == EINTR)
-            ;
-    }
+    aw_ring_term(sig, aw_opts.flush_timeout + 1.0);
     signal(sig, SIG_DFL);
     raise(sig); /* delivered when the handler returns, or at once outside it */
 }
 
 static void on_sigterm(int sig) {
     int saved = errno;
-    term_signal = sig;
     if (aw_ring_locks_held()) {
         term_deferred = sig;
         atomic_store(&aw_term_pending, 1);
@@ -304,22 +292,11 @@ void aw_proc_deferred_term(void) {
     }
 }
 
-static void start_term_helper(void) {
-    pthread_t t;
-    sem_init(&term_request, 0, 0);
-    sem_init(&term_done, 0, 0);
-    if (pthread_create(&t, NULL, term_helper, NULL) == 0) {
-        pthread_detach(t);
-        atomic_store(&term_helper_running, 1);
-    }
-}
-
 static void install_sigterm(void) {
     struct sigaction old;
     if (sigaction(SIGTERM, NULL, &old) != 0 || old.sa_handler != SIG_DFL ||
         (old.sa_flags & SA_SIGINFO))
         return;
-    term_handler_installed = 1;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigterm;
@@ -366,7 +343,6 @@ void aw_proc_after_fork_child(void) {
     atomic_store(&aw_term_pending, 0);
     fork_pending = 1;
     atomic_store(&exit_written, 0);
-    atomic_store(&term_helper_running, 0);
 }
 
 void aw_proc_prepare_run(void) {
@@ -379,6 +355,4 @@ void aw_proc_prepare_run(void) {
         build_prefix();
         export_run();
     }
-    if (term_handler_installed && !atomic_load(&term_helper_running))
-        start_term_helper();
 }

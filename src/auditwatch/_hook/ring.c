@@ -63,6 +63,10 @@ static struct {
 
 static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* SIGTERM (aw_ring_term): the signal asked for, and the writer's answer. */
+static atomic_int term_sig, writer_gone;
+static sem_t term_done;
+
 /* Acknowledgement state (see "acknowledgements" below): writer thread only. */
 static aw_buf unacked; /* whole lines sent but not yet confirmed */
 static uint64_t unacked_seq, acked_seq, ack_asked_seq;
@@ -87,7 +91,7 @@ static char unacked_storage[ACK_EVERY_BYTES + BATCH_BYTES];
 
 int aw_ring_init(size_t bytes) {
     aw_buf_init(&unacked, unacked_storage, sizeof unacked_storage);
-    if (sem_init(&R.wake, 0, 0) != 0)
+    if (sem_init(&R.wake, 0, 0) != 0 || sem_init(&term_done, 0, 0) != 0)
         return -1;
     if (bytes < (1u << 20))
         bytes = 1u << 20;
@@ -707,15 +711,16 @@ static void out_meta_record(aw_buf *out, const char *kind, const char *key1, uin
 
 static uint64_t total_dropped; /* the role's holder only */
 
-/* Serve what is queued now: format, write, track. Called and returns with R.mu held
- * (counted in *held); the I/O runs without it. */
-static void serve(aw_buf *out, int heartbeat, int *held) {
+/* Serve what is queued now: format, write, track; then `last`, when given, as one
+ * more record, acknowledged (the exit record the writer writes for SIGTERM). Called
+ * and returns with R.mu held (counted in *held); the I/O runs without it. */
+static void serve(aw_buf *out, int heartbeat, const aw_buf *last, int *held) {
     role_held = held;
     uint64_t head = R.head, tail = R.tail, ticket = R.put_ticket;
     uint64_t dropped = R.dropped_pending;
     /* A ticket, not a flag: a request already served cannot make a later batch wait
      * for an ack nobody waits for. */
-    int want_ack = R.flush_ticket > R.done_ticket;
+    int want_ack = R.flush_ticket > R.done_ticket || last != NULL;
     R.dropped_pending = 0;
     unlock_counted(&R.mu, held);
 
@@ -759,6 +764,12 @@ static void serve(aw_buf *out, int heartbeat, int *held) {
         R.c.heartbeats++;
         unlock_counted(&R.mu, held);
         out_meta_record(out, "heartbeat", "pending", 0, "ack_timeouts", ack_timeouts);
+        records++;
+    }
+    if (last) {
+        out_record_head(out);
+        aw_buf_put(out, last->p, last->len);
+        aw_buf_put(out, "}\n", 2);
         records++;
     }
     if (out->len) {
@@ -844,6 +855,46 @@ static int park(double seconds, int dozing, int *held) {
     return rc == 0 ? 0 : ETIMEDOUT;
 }
 
+/* SIGTERM asked for the exit record (aw_ring_term). With R.mu held; 1 when this
+ * wrote it and stopped, 0 when the writer carries on: another exit path is writing
+ * it (and will stop the writer) or nothing is recorded. The writer cannot put it in
+ * the ring: with the ring full it would wait for itself. */
+static int write_term_exit(aw_buf *out, int *held) {
+    switch (aw_proc_claim_exit()) {
+    case AW_EXIT_TAKEN:
+        return 0;
+    case AW_EXIT_NONE:
+        sem_post(&term_done);
+        return 0;
+    }
+    /* Records of files read as code come first: serve while the hasher finishes
+     * (it queues into the ring), as long as the handler waits. */
+    long long until = monotonic_ns() + (long long)(aw_opts.flush_timeout * 1e9);
+    for (;;) {
+        while (R.role_taken)
+            pthread_cond_wait(&R.flushed, &R.mu);
+        if (R.head != R.tail || R.dropped_pending)
+            serve(out, 0, NULL, held);
+        unlock_counted(&R.mu, held); /* the hasher takes its lock before R.mu */
+        int hashing = aw_hasher_unfinished() != 0;
+        lock_counted(&R.mu, held);
+        if (!hashing || monotonic_ns() >= until)
+            break;
+        park(NAP_S, 1, held);
+    }
+    char storage[256];
+    aw_buf body;
+    aw_buf_init(&body, storage, sizeof storage);
+    aw_proc_exit_body(&body, "signal", 0, atomic_load(&term_sig));
+    R.stop = 1;
+    while (R.role_taken)
+        pthread_cond_wait(&R.flushed, &R.mu);
+    serve(out, 0, &body, held);
+    aw_buf_free(&body);
+    leave(held);
+    return 1;
+}
+
 static void *writer_main(void *arg) {
     (void)arg;
     sigset_t all;
@@ -855,8 +906,13 @@ static void *writer_main(void *arg) {
     int own_locks = 0, *held = &own_locks; /* not locks_held: see role_held */
 
     lock_counted(&R.mu, held);
-    int naps = NAPS; /* start-up is busy: begin awake */
+    int naps = NAPS, term_taken = 0; /* start-up is busy: begin awake */
     for (;;) {
+        if (!term_taken && atomic_load(&term_sig)) {
+            term_taken = 1;
+            if (write_term_exit(&out, held))
+                break;
+        }
         int heartbeat = 0;
         if (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done) {
             if (naps > 0) {
@@ -871,7 +927,7 @@ static void *writer_main(void *arg) {
                             R.head == R.tail && !R.dropped_pending;
                 /* Woken by the first record of a burst: let the burst gather. A record
                  * waited for is served by its waiter meanwhile (take_role). */
-                if (!heartbeat && !R.stop && !R.writer_done)
+                if (!heartbeat && !R.stop && !R.writer_done && !atomic_load(&term_sig))
                     park(NAP_S, 1, held);
             }
         }
@@ -886,11 +942,16 @@ static void *writer_main(void *arg) {
             }
             continue;
         }
-        serve(&out, heartbeat, held);
+        serve(&out, heartbeat, NULL, held);
         naps = heartbeat ? 0 : NAPS;
     }
     unlock_counted(&R.mu, held);
     aw_buf_free(&out);
+    /* A SIGTERM handler waits for this when it asked: tell it we are done, or, if it
+     * asks from now on, that nobody will answer (aw_ring_term). */
+    atomic_store(&writer_gone, 1);
+    if (atomic_load(&term_sig))
+        sem_post(&term_done);
     return NULL;
 }
 
@@ -901,7 +962,7 @@ static void serve_until(uint64_t ticket, int *held) {
     aw_buf out;
     aw_buf_init(&out, storage, sizeof storage);
     while (R.done_ticket < ticket && (R.head != R.tail || R.dropped_pending))
-        serve(&out, 0, held);
+        serve(&out, 0, NULL, held);
     aw_buf_free(&out);
 }
 
@@ -1038,6 +1099,21 @@ void aw_writer_stop(double timeout) {
     unlock_counted(&R.mu, held);
 }
 
+void aw_ring_term(int sig, double seconds) {
+    if (!atomic_load(&R.writer_running))
+        return;
+    atomic_store(&term_sig, sig);
+    /* A writer that leaves sets writer_gone, then looks at term_sig: it posts
+     * term_done, or we see it gone here and do not wait. */
+    if (atomic_load(&writer_gone))
+        return;
+    sem_post(&R.wake);
+    struct timespec dl;
+    deadline_in(&dl, seconds);
+    while (sem_timedwait(&term_done, &dl) != 0 && errno == EINTR)
+        ;
+}
+
 /* ---- fork ---------------------------------------------------------------------
  * prepare: hold the ring mutex so the child gets a consistent ring; the writer
  * thread does not exist in the child, so the child drops the parent's queued
@@ -1066,6 +1142,9 @@ static void atfork_child(void) {
     atomic_store(&threads_locking, 0);
     aw_table_unlock();
     sem_init(&R.wake, 0, 0);
+    sem_init(&term_done, 0, 0);
+    atomic_store(&term_sig, 0);
+    atomic_store(&writer_gone, 0);
     pthread_cond_init(&R.not_full, NULL);
     pthread_cond_init(&R.flushed, NULL);
     pthread_cond_init(&R.stopped, NULL);
