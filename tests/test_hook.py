@@ -652,6 +652,22 @@ def test_event_table_tells_apart_names_its_hash_reads_alike(tmp_path):
         assert recorded.count(kept) == 2, kept
 
 
+def test_event_table_decides_alike_past_what_it_caches(tmp_path):
+    # The table caches 2,048 names; hostile code can raise more. Every name must get
+    # its own decision each time: cached, found again, or matched past the cache.
+    code = (
+        "import sys\n"
+        "for _ in range(2):\n"
+        "    for i in range(3000):\n"
+        "        sys.audit(f'quiet.{i}'); sys.audit(f'loud.{i}', i)\n"
+    )
+    a = run_audited(tmp_path, code, events="ignore:quiet.*", timeout=60)
+    events = [r for r in a.records if r.get("kind") == "event"]
+    assert not [r for r in events if r["event"].startswith("quiet.")]
+    loud = [(r["event"], r["args"][0]) for r in events if r["event"].startswith("loud.")]
+    assert loud == [(f"loud.{i}", i) for i in range(3000)] * 2
+
+
 def test_event_names_are_written_alike_the_first_time_and_from_the_cache(tmp_path):
     # The first record of a name encodes it; later ones copy the encoding the event
     # table kept. Both must state the same name, whatever characters it holds.

@@ -5,8 +5,16 @@
  * decided once and cached in an open-addressing table that readers probe without a
  * lock (with subinterpreters that own their GIL, two hooks can run at once).
  * Slots are only ever filled, never changed or freed, and a filled slot is published
- * with a release store of its name. When the cache is full (hostile code can invent
- * names with sys.audit), lookups fall back to matching the globs: slower, still right.
+ * with a release store of its place in the index. When the cache is full (hostile
+ * code can invent names with sys.audit), lookups fall back to matching the globs:
+ * slower, still right.
+ *
+ * The index is small and the slots fill in order: a slot's page is first touched by
+ * a write. Probing a large table of slots read untouched pages first, which maps the
+ * shared zero page, and the insert that followed had the kernel copy it and flush
+ * the TLB of every CPU the process ran on: an interprocessor interrupt, tens of
+ * microseconds in a virtual machine, a dozen times in a start-up (docs/performance.md,
+ * "One thread"). The index's own two pages are written at configure time.
  */
 #include "aw.h"
 
@@ -14,7 +22,8 @@
 #include <string.h>
 
 #define MAX_ENTRIES 256
-#define SLOTS 4096 /* power of two */
+#define INDEX 4096 /* power of two */
+#define SLOTS (INDEX / 2)
 
 typedef struct {
     aw_glob glob;
@@ -23,7 +32,7 @@ typedef struct {
 } entry;
 
 typedef struct {
-    _Atomic(const char *) name;
+    const char *name;
     uint32_t hash;
     uint32_t len;
     uint64_t head, tail; /* the words hash_name read: the whole name up to 16 bytes */
@@ -36,6 +45,8 @@ typedef struct {
 
 static entry entries[MAX_ENTRIES];
 static int n_entries;
+/* 0, or 1 + the slot of a name: published with a release store, once. */
+static _Atomic uint16_t index_of[INDEX];
 static slot slots[SLOTS];
 static int n_slots;
 static pthread_mutex_t insert_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -114,6 +125,8 @@ static int add_spec(const char *spec, char *err, size_t errlen) {
 }
 
 int aw_table_configure(const char *spec, char *err, size_t errlen) {
+    for (int i = 0; i < INDEX; i++) /* see the top of this file */
+        atomic_store_explicit(&index_of[i], 0, memory_order_relaxed);
     if (spec && *spec && add_spec(spec, err, errlen) < 0)
         return -1;
     return add_spec(DEFAULT_SPEC, err, errlen);
@@ -192,17 +205,18 @@ void aw_table_lookup(const char *event, aw_decision *d) {
     size_t n = strlen(event);
     uint64_t a, b;
     uint32_t h = hash_name(event, n, &a, &b);
-    for (uint32_t i = h & (SLOTS - 1), probes = 0; probes < SLOTS;
-         i = (i + 1) & (SLOTS - 1), probes++) {
-        const char *name = atomic_load_explicit(&slots[i].name, memory_order_acquire);
-        if (name == NULL)
+    for (uint32_t i = h & (INDEX - 1), probes = 0; probes < INDEX;
+         i = (i + 1) & (INDEX - 1), probes++) {
+        uint16_t k = atomic_load_explicit(&index_of[i], memory_order_acquire);
+        if (k == 0)
             break;
-        if (same_name(&slots[i], name, h, n, a, b, event)) {
-            d->action = slots[i].action;
-            d->rule = slots[i].rule;
-            d->ndeny = slots[i].ndeny;
-            d->deny = slots[i].deny;
-            d->event_json = slots[i].json;
+        const slot *sl = &slots[k - 1];
+        if (same_name(sl, sl->name, h, n, a, b, event)) {
+            d->action = sl->action;
+            d->rule = sl->rule;
+            d->ndeny = sl->ndeny;
+            d->deny = sl->deny;
+            d->event_json = sl->json;
             return;
         }
     }
@@ -216,27 +230,29 @@ void aw_table_lookup(const char *event, aw_decision *d) {
     if (n > 256)
         return; /* not worth a slot: hostile code can invent long names */
     pthread_mutex_lock(&insert_mu);
-    if (n_slots < SLOTS / 2) {
-        uint32_t i = h & (SLOTS - 1);
-        for (;; i = (i + 1) & (SLOTS - 1)) {
-            const char *name = atomic_load_explicit(&slots[i].name, memory_order_relaxed);
-            if (name == NULL)
+    if (n_slots < SLOTS) {
+        uint32_t i = h & (INDEX - 1);
+        for (;; i = (i + 1) & (INDEX - 1)) {
+            uint16_t k = atomic_load_explicit(&index_of[i], memory_order_relaxed);
+            if (k == 0)
                 break;
-            if (same_name(&slots[i], name, h, n, a, b, event))
+            if (same_name(&slots[k - 1], slots[k - 1].name, h, n, a, b, event))
                 goto done; /* another thread inserted it meanwhile */
         }
         char *copy = strdup(event);
         if (copy) {
-            slots[i].hash = h;
-            slots[i].len = (uint32_t)n;
-            slots[i].head = a;
-            slots[i].tail = b;
-            slots[i].action = action;
-            slots[i].rule = rule_text;
-            slots[i].ndeny = d->ndeny;
-            memcpy(slots[i].deny, d->scratch, sizeof slots[i].deny);
-            slots[i].json = name_json(event); /* NULL when out of memory: encoded per record */
-            atomic_store_explicit(&slots[i].name, copy, memory_order_release);
+            slot *sl = &slots[n_slots];
+            sl->name = copy;
+            sl->hash = h;
+            sl->len = (uint32_t)n;
+            sl->head = a;
+            sl->tail = b;
+            sl->action = action;
+            sl->rule = rule_text;
+            sl->ndeny = d->ndeny;
+            memcpy(sl->deny, d->scratch, sizeof sl->deny);
+            sl->json = name_json(event); /* NULL when out of memory: encoded per record */
+            atomic_store_explicit(&index_of[i], (uint16_t)(n_slots + 1), memory_order_release);
             n_slots++;
         }
     }
