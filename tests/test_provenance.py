@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -262,6 +263,41 @@ def test_exec_records_carry_the_hash_of_the_bytecode(tmp_path):
     assert execs["sub"]["args"][0]["sha256"] == large_sha and execs["sub"]["interp"] > 0
     (hooked,) = a.events("sys.addaudithook")
     assert execs["large"]["seq"] < hooked["seq"]
+
+
+def test_a_file_hashed_off_thread_reaches_the_sink_while_the_program_waits(tmp_path):
+    # Between jobs the hasher naps, and a file queued meanwhile does not wake it: it
+    # must still come back for it on its own, with nothing flushing or exiting.
+    files = [tmp_path / f"big{i}.bin" for i in range(2)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * (256 << 10))
+    code = (
+        "import io, sys, time\n"
+        f"io.open_code({str(files[0])!r}).close()\n"
+        "time.sleep(0.0015)\n"  # the hasher is done with the first: napping now
+        f"io.open_code({str(files[1])!r}).close()\n"
+        "print('queued', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = audit_env(tmp_path, options="heartbeat=30")
+    sink = tmp_path / "records.jsonl"
+    with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout.readline() == b"queued\n"
+            queued = time.monotonic()
+            while True:
+                done = {
+                    arg_text(r["args"][0]): r["args"][2]
+                    for r in read_records(sink)
+                    if r.get("event") == "auditwatch.open_code"
+                }
+                if str(files[1]) in done:
+                    break
+                assert time.monotonic() - queued < 2.0, "the second file is still queued"
+                time.sleep(0.01)
+        finally:
+            proc.kill()
+    assert [done[str(f)] for f in files] == [sha(f.read_bytes()) for f in files]
 
 
 def test_flush_waits_for_files_still_being_hashed(tmp_path):

@@ -27,6 +27,12 @@
 /* Bytes waiting to be hashed; past this, the caller hashes in place. */
 #define QUEUE_MAX ((size_t)64 << 20)
 #define DRAIN_MAX_S 60
+/* After a job the thread naps NAPS times NAP_NS for the next one, which the
+ * importing thread then queues without waking it: a wake-up on another CPU costs
+ * that thread tens of microseconds in a VM, and an import-heavy start-up queued a
+ * job every few milliseconds (docs/performance.md, "One thread"). */
+#define NAP_NS 1000000L
+#define NAPS 3
 
 typedef struct job {
     struct job *next;
@@ -45,8 +51,9 @@ static struct {
     size_t queued_bytes; /* of the jobs not yet in the ring */
     size_t unfinished;   /* jobs not yet in the ring, the one being hashed included */
     int running;
+    int dozing; /* napping between jobs: comes back without being woken */
 } H = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-       NULL, NULL, NULL, 0, 0, 0};
+       NULL, NULL, NULL, 0, 0, 0, 0};
 
 static atomic_ullong hashed; /* records whose hash this thread made */
 
@@ -58,9 +65,26 @@ static void *hasher_main(void *arg) {
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the program's business */
     pthread_mutex_lock(&H.mu);
+    int naps = 0;
     for (;;) {
-        while (H.head == NULL)
-            pthread_cond_wait(&H.work, &H.mu);
+        while (H.head == NULL) {
+            if (naps == 0) {
+                pthread_cond_wait(&H.work, &H.mu);
+                continue;
+            }
+            naps--;
+            struct timespec nap;
+            clock_gettime(CLOCK_REALTIME, &nap);
+            nap.tv_nsec += NAP_NS;
+            if (nap.tv_nsec >= 1000000000L) {
+                nap.tv_sec++;
+                nap.tv_nsec -= 1000000000L;
+            }
+            H.dozing = 1;
+            pthread_cond_timedwait(&H.work, &H.mu, &nap);
+            H.dozing = 0;
+        }
+        naps = NAPS;
         job *j = H.head;
         H.head = j->next;
         if (H.head == NULL)
@@ -99,7 +123,7 @@ void aw_hasher_atfork_child(void) {
     H.head = H.tail = H.done = NULL; /* the references are the parent's too: leaked */
     atomic_store(&aw_hasher_done, 0);
     H.queued_bytes = H.unfinished = 0;
-    H.running = 0;
+    H.running = H.dozing = 0;
     pthread_mutex_unlock(&H.mu); /* the ring's child handler resets the lock count */
     pthread_cond_init(&H.work, NULL);
     pthread_cond_init(&H.idle, NULL);
@@ -168,7 +192,8 @@ int aw_hasher_submit(aw_buf *b, size_t hex_at, char *data, size_t size, PyObject
     H.queued_bytes += size;
     H.unfinished++;
     Py_XINCREF(keep); /* the GIL is held: the caller is a hook */
-    pthread_cond_signal(&H.work);
+    if (!H.dozing)
+        pthread_cond_signal(&H.work);
     aw_unlock(&H.mu);
     if (b->heap) { /* the record's memory is the job's now */
         b->p = NULL;
@@ -208,6 +233,8 @@ size_t aw_hasher_unfinished(void) {
 void aw_hasher_drain(void) {
     aw_lock(&H.mu);
     if (H.unfinished) {
+        if (H.dozing) /* waited for: no nap */
+            pthread_cond_signal(&H.work);
         struct timespec dl;
         clock_gettime(CLOCK_REALTIME, &dl);
         dl.tv_sec += DRAIN_MAX_S;
