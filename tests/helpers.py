@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -36,6 +39,31 @@ def read_records(path: Path) -> list[dict]:
         return []
     with open(path, "rb") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def await_record(
+    path: Path, wanted: Callable[[dict], bool], within: float, what: str
+) -> list[dict]:
+    """The records of path once one of them is wanted; fails with `what` after `within` s."""
+    start = time.monotonic()
+    while True:
+        records = read_records(path)
+        if any(wanted(r) for r in records):
+            return records
+        assert time.monotonic() - start < within, what
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def running_audited(tmp_path: Path, code: str, options: str = "") -> Iterator[subprocess.Popen]:
+    """``python -c code`` audited into tmp_path/records.jsonl, its stdout piped, while the
+    caller watches it; killed on leaving."""
+    env = audit_env(tmp_path, options=options)
+    with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
 
 
 def audit_env(tmp_path: Path, events: str = "", options: str = "", **extra: str) -> dict[str, str]:

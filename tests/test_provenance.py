@@ -8,7 +8,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -19,10 +18,12 @@ from helpers import (
     Audited,
     arg_text,
     audit_env,
+    await_record,
     launcher_path,
     read_records,
     run_audited,
     run_launched,
+    running_audited,
 )
 
 
@@ -279,24 +280,21 @@ def test_a_file_hashed_off_thread_reaches_the_sink_while_the_program_waits(tmp_p
         "print('queued', flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = audit_env(tmp_path, options="heartbeat=30")
-    sink = tmp_path / "records.jsonl"
-    with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE) as proc:
-        try:
-            assert proc.stdout.readline() == b"queued\n"
-            queued = time.monotonic()
-            while True:
-                done = {
-                    arg_text(r["args"][0]): r["args"][2]
-                    for r in read_records(sink)
-                    if r.get("event") == "auditwatch.open_code"
-                }
-                if str(files[1]) in done:
-                    break
-                assert time.monotonic() - queued < 2.0, "the second file is still queued"
-                time.sleep(0.01)
-        finally:
-            proc.kill()
+    with running_audited(tmp_path, code, options="heartbeat=30") as proc:
+        assert proc.stdout.readline() == b"queued\n"
+        records = await_record(
+            tmp_path / "records.jsonl",
+            lambda r: (
+                r.get("event") == "auditwatch.open_code" and arg_text(r["args"][0]) == str(files[1])
+            ),
+            within=2.0,
+            what="the second file is still queued",
+        )
+    done = {
+        arg_text(r["args"][0]): r["args"][2]
+        for r in records
+        if r.get("event") == "auditwatch.open_code"
+    }
     assert [done[str(f)] for f in files] == [sha(f.read_bytes()) for f in files]
 
 

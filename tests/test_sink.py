@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from auditwatch.collector.server import Collector
-from helpers import audit_env, read_records
+from helpers import audit_env, await_record, read_records, running_audited
 
 
 class ListSink:
@@ -305,18 +305,15 @@ def test_a_record_leaves_within_moments_whether_the_writer_is_awake_or_asleep(tm
         "print('quiet', flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = audit_env(tmp_path, options="heartbeat=30")
-    sink = tmp_path / "records.jsonl"
-    with subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE) as proc:
-        try:
-            for line, event in ((b"awake\n", "while.awake"), (b"quiet\n", "after.quiet")):
-                assert proc.stdout.readline() == line
-                raised = time.monotonic()
-                while not any(r.get("event") == event for r in read_records(sink)):
-                    assert time.monotonic() - raised < 2.0, f"{event} is still in the ring"
-                    time.sleep(0.01)
-        finally:
-            proc.kill()
+    with running_audited(tmp_path, code, options="heartbeat=30") as proc:
+        for line, event in ((b"awake\n", "while.awake"), (b"quiet\n", "after.quiet")):
+            assert proc.stdout.readline() == line
+            await_record(
+                tmp_path / "records.jsonl",
+                lambda r, event=event: r.get("event") == event,
+                within=2.0,
+                what=f"{event} is still in the ring",
+            )
 
 
 def test_silence_is_filled_with_heartbeats(tmp_path):
