@@ -15,12 +15,31 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "sha256.h" /* aw_sha256_hex; shared with auditwatch._ingest */
 
 #ifndef Py_IS_TYPE /* 3.8 */
 #define Py_IS_TYPE(o, t) (Py_TYPE(o) == (t))
 #endif
+
+/* The writer's and the hasher's naps are timed on the monotonic clock where glibc
+ * can (2.30 and later: sem_clockwait, pthread_cond_clockwait): a 1 ms nap must not
+ * last as long as the wall clock is set back (a virtual machine resumed, NTP
+ * stepping), while the program, counting on the nap, does not wake the thread. */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 30))
+#define AW_NAP_CLOCK CLOCK_MONOTONIC
+#define AW_HAVE_CLOCKWAIT 1
+#else
+#define AW_NAP_CLOCK CLOCK_REALTIME
+#endif
+/* now + ns on AW_NAP_CLOCK */
+static inline void aw_nap_deadline(struct timespec *ts, long long ns) {
+    clock_gettime(AW_NAP_CLOCK, ts);
+    ns += ts->tv_nsec;
+    ts->tv_sec += (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+}
 
 /* ---- growable byte buffer (encode.c) ------------------------------------ */
 

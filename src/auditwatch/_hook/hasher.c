@@ -74,14 +74,13 @@ static void *hasher_main(void *arg) {
             }
             naps--;
             struct timespec nap;
-            clock_gettime(CLOCK_REALTIME, &nap);
-            nap.tv_nsec += NAP_NS;
-            if (nap.tv_nsec >= 1000000000L) {
-                nap.tv_sec++;
-                nap.tv_nsec -= 1000000000L;
-            }
+            aw_nap_deadline(&nap, NAP_NS);
             H.dozing = 1;
+#ifdef AW_HAVE_CLOCKWAIT
+            pthread_cond_clockwait(&H.work, &H.mu, AW_NAP_CLOCK, &nap);
+#else
             pthread_cond_timedwait(&H.work, &H.mu, &nap);
+#endif
             H.dozing = 0;
         }
         naps = NAPS;

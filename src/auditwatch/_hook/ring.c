@@ -839,13 +839,18 @@ static void give_role(int *held) {
  * the exit. ETIMEDOUT, or 0 when woken (possibly by a stale post: callers look). */
 static int park(double seconds, int dozing, int *held) {
     struct timespec dl;
-    deadline_in(&dl, seconds);
+    aw_nap_deadline(&dl, (long long)(seconds * 1e9));
     R.writer_waiting = 1;
     R.dozing = dozing;
     unlock_counted(&R.mu, held);
     int rc;
+#ifdef AW_HAVE_CLOCKWAIT
+    while ((rc = sem_clockwait(&R.wake, AW_NAP_CLOCK, &dl)) != 0 && errno == EINTR)
+        ;
+#else
     while ((rc = sem_timedwait(&R.wake, &dl)) != 0 && errno == EINTR)
         ;
+#endif
     lock_counted(&R.mu, held);
     R.writer_waiting = 0;
     R.dozing = 0;
