@@ -195,30 +195,37 @@ static uint32_t hash_name(const char *s, size_t n, uint64_t *head, uint64_t *tai
     return (uint32_t)(h ^ (h >> 32));
 }
 
-static inline int same_name(const slot *sl, const char *name, uint32_t h, size_t n, uint64_t a,
-                            uint64_t b, const char *event) {
-    return sl->hash == h && sl->len == n && sl->head == a && sl->tail == b &&
-           (n <= 16 || memcmp(name, event, n) == 0);
+/* The slot of event (n bytes, hashed to h, a and b by hash_name), or NULL with *at
+ * the index cell where it would go. Lock-free: a slot is complete before its cell is
+ * published. The index is never more than half full, so an empty cell ends every
+ * probe. */
+static inline const slot *find(const char *event, size_t n, uint32_t h, uint64_t a, uint64_t b,
+                               uint32_t *at) {
+    for (uint32_t i = h & (INDEX - 1);; i = (i + 1) & (INDEX - 1)) {
+        uint16_t k = atomic_load_explicit(&index_of[i], memory_order_acquire);
+        if (k == 0) {
+            *at = i;
+            return NULL;
+        }
+        const slot *sl = &slots[k - 1];
+        if (sl->hash == h && sl->len == n && sl->head == a && sl->tail == b &&
+            (n <= 16 || memcmp(sl->name, event, n) == 0))
+            return sl;
+    }
 }
 
 void aw_table_lookup(const char *event, aw_decision *d) {
     size_t n = strlen(event);
     uint64_t a, b;
-    uint32_t h = hash_name(event, n, &a, &b);
-    for (uint32_t i = h & (INDEX - 1), probes = 0; probes < INDEX;
-         i = (i + 1) & (INDEX - 1), probes++) {
-        uint16_t k = atomic_load_explicit(&index_of[i], memory_order_acquire);
-        if (k == 0)
-            break;
-        const slot *sl = &slots[k - 1];
-        if (same_name(sl, sl->name, h, n, a, b, event)) {
-            d->action = sl->action;
-            d->rule = sl->rule;
-            d->ndeny = sl->ndeny;
-            d->deny = sl->deny;
-            d->event_json = sl->json;
-            return;
-        }
+    uint32_t h = hash_name(event, n, &a, &b), i;
+    const slot *sl = find(event, n, h, a, b, &i);
+    if (sl != NULL) {
+        d->action = sl->action;
+        d->rule = sl->rule;
+        d->ndeny = sl->ndeny;
+        d->deny = sl->deny;
+        d->event_json = sl->json;
+        return;
     }
     const char *rule_text;
     int action = match(event, &rule_text);
@@ -230,33 +237,23 @@ void aw_table_lookup(const char *event, aw_decision *d) {
     if (n > 256)
         return; /* not worth a slot: hostile code can invent long names */
     pthread_mutex_lock(&insert_mu);
-    if (n_slots < SLOTS) {
-        uint32_t i = h & (INDEX - 1);
-        for (;; i = (i + 1) & (INDEX - 1)) {
-            uint16_t k = atomic_load_explicit(&index_of[i], memory_order_relaxed);
-            if (k == 0)
-                break;
-            if (same_name(&slots[k - 1], slots[k - 1].name, h, n, a, b, event))
-                goto done; /* another thread inserted it meanwhile */
-        }
-        char *copy = strdup(event);
-        if (copy) {
-            slot *sl = &slots[n_slots];
-            sl->name = copy;
-            sl->hash = h;
-            sl->len = (uint32_t)n;
-            sl->head = a;
-            sl->tail = b;
-            sl->action = action;
-            sl->rule = rule_text;
-            sl->ndeny = d->ndeny;
-            memcpy(sl->deny, d->scratch, sizeof sl->deny);
-            sl->json = name_json(event); /* NULL when out of memory: encoded per record */
-            atomic_store_explicit(&index_of[i], (uint16_t)(n_slots + 1), memory_order_release);
-            n_slots++;
-        }
+    /* Look again under the lock: another thread may have inserted it meanwhile. */
+    char *copy = n_slots < SLOTS && find(event, n, h, a, b, &i) == NULL ? strdup(event) : NULL;
+    if (copy) {
+        slot *fill = &slots[n_slots];
+        fill->name = copy;
+        fill->hash = h;
+        fill->len = (uint32_t)n;
+        fill->head = a;
+        fill->tail = b;
+        fill->action = action;
+        fill->rule = rule_text;
+        fill->ndeny = d->ndeny;
+        memcpy(fill->deny, d->scratch, sizeof fill->deny);
+        fill->json = name_json(event); /* NULL when out of memory: encoded per record */
+        atomic_store_explicit(&index_of[i], (uint16_t)(n_slots + 1), memory_order_release);
+        n_slots++;
     }
-done:
     pthread_mutex_unlock(&insert_mu);
 }
 
