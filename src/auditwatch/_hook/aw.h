@@ -33,10 +33,11 @@
 #else
 #define AW_NAP_CLOCK CLOCK_REALTIME
 #endif
-/* now + ns on AW_NAP_CLOCK */
-static inline void aw_nap_deadline(struct timespec *ts, long long ns) {
-    clock_gettime(AW_NAP_CLOCK, ts);
-    ns += ts->tv_nsec;
+/* The absolute time `seconds` from now on clk: a deadline for a timed wait (the
+ * condition variables wait on CLOCK_REALTIME, the naps on AW_NAP_CLOCK). */
+static inline void aw_deadline(struct timespec *ts, clockid_t clk, double seconds) {
+    clock_gettime(clk, ts);
+    long long ns = ts->tv_nsec + (long long)(seconds * 1e9);
     ts->tv_sec += (time_t)(ns / 1000000000LL);
     ts->tv_nsec = (long)(ns % 1000000000LL);
 }

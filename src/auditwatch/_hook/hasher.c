@@ -27,11 +27,11 @@
 /* Bytes waiting to be hashed; past this, the caller hashes in place. */
 #define QUEUE_MAX ((size_t)64 << 20)
 #define DRAIN_MAX_S 60
-/* After a job the thread naps NAPS times NAP_NS for the next one, which the
+/* After a job the thread naps NAPS times NAP_S for the next one, which the
  * importing thread then queues without waking it: a wake-up on another CPU costs
  * that thread tens of microseconds in a VM, and an import-heavy start-up queued a
  * job every few milliseconds (docs/performance.md, "One thread"). */
-#define NAP_NS 1000000L
+#define NAP_S 0.001
 #define NAPS 3
 
 typedef struct job {
@@ -74,7 +74,7 @@ static void *hasher_main(void *arg) {
             }
             naps--;
             struct timespec nap;
-            aw_nap_deadline(&nap, NAP_NS);
+            aw_deadline(&nap, AW_NAP_CLOCK, NAP_S);
             H.dozing = 1;
 #ifdef AW_HAVE_CLOCKWAIT
             pthread_cond_clockwait(&H.work, &H.mu, AW_NAP_CLOCK, &nap);
@@ -235,8 +235,7 @@ void aw_hasher_drain(void) {
         if (H.dozing) /* waited for: no nap */
             pthread_cond_signal(&H.work);
         struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += DRAIN_MAX_S;
+        aw_deadline(&dl, CLOCK_REALTIME, DRAIN_MAX_S);
         while (H.unfinished && pthread_cond_timedwait(&H.idle, &H.mu, &dl) != ETIMEDOUT)
             ; /* on time-out, go on: the exit record must not wait forever */
     }

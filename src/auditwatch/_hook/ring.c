@@ -104,11 +104,25 @@ int aw_ring_init(size_t bytes) {
     return 0;
 }
 
+/* For the condition variables, which wait on CLOCK_REALTIME. */
 static void deadline_in(struct timespec *ts, double seconds) {
-    clock_gettime(CLOCK_REALTIME, ts);
-    long long ns = ts->tv_nsec + (long long)(seconds * 1e9);
-    ts->tv_sec += (time_t)(ns / 1000000000LL);
-    ts->tv_nsec = (long)(ns % 1000000000LL);
+    aw_deadline(ts, CLOCK_REALTIME, seconds);
+}
+
+/* Wait for a post of s at most `seconds` (on AW_NAP_CLOCK); 0 when posted.
+ * Async-signal-safe: the SIGTERM handler waits with it too. */
+static int sem_wait_for(sem_t *s, double seconds) {
+    struct timespec dl;
+    aw_deadline(&dl, AW_NAP_CLOCK, seconds);
+    int rc;
+#ifdef AW_HAVE_CLOCKWAIT
+    while ((rc = sem_clockwait(s, AW_NAP_CLOCK, &dl)) != 0 && errno == EINTR)
+        ;
+#else
+    while ((rc = sem_timedwait(s, &dl)) != 0 && errno == EINTR)
+        ;
+#endif
+    return rc;
 }
 
 /* With R.mu held: whether to wake the parked writer, and if so, the caller posts
@@ -713,6 +727,15 @@ static void out_meta_record(aw_buf *out, const char *kind, const char *key1, uin
 
 static uint64_t total_dropped; /* the role's holder only */
 
+/* With R.mu held: there is something to serve. */
+static int pending(void) { return R.head != R.tail || R.dropped_pending; }
+
+/* With R.mu held: the writer thread waits while another thread holds the role. */
+static void await_role(void) {
+    while (R.role_taken)
+        pthread_cond_wait(&R.flushed, &R.mu);
+}
+
 /* Serve what is queued now: format, write, track; then `last`, when given, as one
  * more record, acknowledged (the exit record the writer writes for SIGTERM). Called
  * and returns with R.mu held (counted in *held); the I/O runs without it. */
@@ -828,7 +851,7 @@ static void give_role(int *held) {
     R.role_taken = 0;
     pthread_cond_broadcast(&R.flushed);
     /* Stopped (writer_done): the process is leaving, and the parked writer with it. */
-    if (!R.dozing && !R.writer_done && (R.head != R.tail || R.dropped_pending))
+    if (!R.dozing && !R.writer_done && pending())
         wake_writer();
     unlock_counted(&R.mu, held);
     count_out(held);
@@ -838,19 +861,10 @@ static void give_role(int *held) {
  * `seconds`. Dozing, only what cannot wait for its next pass wakes it: a full ring,
  * the exit. ETIMEDOUT, or 0 when woken (possibly by a stale post: callers look). */
 static int park(double seconds, int dozing, int *held) {
-    struct timespec dl;
-    aw_nap_deadline(&dl, (long long)(seconds * 1e9));
     R.writer_waiting = 1;
     R.dozing = dozing;
     unlock_counted(&R.mu, held);
-    int rc;
-#ifdef AW_HAVE_CLOCKWAIT
-    while ((rc = sem_clockwait(&R.wake, AW_NAP_CLOCK, &dl)) != 0 && errno == EINTR)
-        ;
-#else
-    while ((rc = sem_timedwait(&R.wake, &dl)) != 0 && errno == EINTR)
-        ;
-#endif
+    int rc = sem_wait_for(&R.wake, seconds);
     lock_counted(&R.mu, held);
     R.writer_waiting = 0;
     R.dozing = 0;
@@ -878,9 +892,8 @@ static int write_term_exit(aw_buf *out, int *held) {
      * (it queues into the ring), as long as the handler waits. */
     long long until = monotonic_ns() + (long long)(aw_opts.flush_timeout * 1e9);
     for (;;) {
-        while (R.role_taken)
-            pthread_cond_wait(&R.flushed, &R.mu);
-        if (R.head != R.tail || R.dropped_pending)
+        await_role();
+        if (pending())
             serve(out, 0, NULL, held);
         unlock_counted(&R.mu, held); /* the hasher takes its lock before R.mu */
         int hashing = aw_hasher_unfinished() != 0;
@@ -894,8 +907,7 @@ static int write_term_exit(aw_buf *out, int *held) {
     aw_buf_init(&body, storage, sizeof storage);
     aw_proc_exit_body(&body, "signal", 0, atomic_load(&term_sig));
     R.stop = 1;
-    while (R.role_taken)
-        pthread_cond_wait(&R.flushed, &R.mu);
+    await_role();
     serve(out, 0, &body, held);
     aw_buf_free(&body);
     leave(held);
@@ -921,17 +933,14 @@ static void *writer_main(void *arg) {
                 break;
         }
         int heartbeat = 0, slept = 0;
-        if (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done) {
+        if (!pending() && !R.stop && !R.writer_done) {
             if (naps > 0) {
                 /* Awake: come back for what the program records meanwhile rather than
                  * have it wake us (tens of microseconds of its time in a VM). */
                 naps--;
                 park(NAP_S, 1, held);
-                if (R.head == R.tail && !R.stop && !R.dropped_pending && !R.writer_done)
-                    continue;
             } else {
-                heartbeat = park(aw_opts.heartbeat, 0, held) == ETIMEDOUT &&
-                            R.head == R.tail && !R.dropped_pending;
+                heartbeat = park(aw_opts.heartbeat, 0, held) == ETIMEDOUT && !pending();
                 slept = 1;
                 /* Woken by the first record of a burst: let the burst gather. A record
                  * waited for is served by its waiter meanwhile (take_role). */
@@ -939,11 +948,10 @@ static void *writer_main(void *arg) {
                     park(NAP_S, 1, held);
             }
         }
-        while (R.role_taken)
-            pthread_cond_wait(&R.flushed, &R.mu);
+        await_role();
         if (R.writer_done) /* the exit drain was served by the thread that stopped us */
             break;
-        if (R.head == R.tail && !R.dropped_pending && !heartbeat) {
+        if (!pending() && !heartbeat) {
             if (R.stop) {
                 leave(held);
                 break;
@@ -972,7 +980,7 @@ static void serve_until(uint64_t ticket, int *held) {
     char storage[8192];
     aw_buf out;
     aw_buf_init(&out, storage, sizeof storage);
-    while (R.done_ticket < ticket && (R.head != R.tail || R.dropped_pending))
+    while (R.done_ticket < ticket && pending())
         serve(&out, 0, NULL, held);
     aw_buf_free(&out);
 }
@@ -1119,10 +1127,7 @@ void aw_ring_term(int sig, double seconds) {
     if (atomic_load(&writer_gone))
         return;
     sem_post(&R.wake);
-    struct timespec dl;
-    deadline_in(&dl, seconds);
-    while (sem_timedwait(&term_done, &dl) != 0 && errno == EINTR)
-        ;
+    sem_wait_for(&term_done, seconds);
 }
 
 /* ---- fork ---------------------------------------------------------------------
