@@ -220,16 +220,17 @@ void aw_proc_exit_body(aw_buf *b, const char *how, int code, int sig) {
 }
 
 void aw_proc_exit_record(const char *how, int code, int sig) {
-    if (!atomic_load(&aw_proc.active))
+    switch (aw_proc_claim_exit()) {
+    case AW_EXIT_NONE:
         return;
-    aw_hasher_drain(); /* records of files read as code come before the exit record */
-    if (aw_proc_claim_exit() != AW_EXIT_OURS) {
+    case AW_EXIT_TAKEN:
         /* Another exit path got here first (os._exit racing SIGTERM, as when a pool
          * terminates workers that are finishing): let its record drain before
          * this path lets the process die. */
         aw_writer_stop(aw_opts.flush_timeout + 3.0);
         return;
     }
+    aw_hasher_drain(); /* records of files read as code come before the exit record */
     aw_writer_ensure();
     char storage[256];
     aw_buf b;
