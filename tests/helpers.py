@@ -8,10 +8,9 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 
 @dataclass
@@ -39,19 +38,6 @@ def read_records(path: Path) -> list[dict]:
         return []
     with open(path, "rb") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def await_record(
-    path: Path, wanted: Callable[[dict], bool], within: float, what: str
-) -> list[dict]:
-    """The records of path once one of them is wanted; fails with `what` after `within` s."""
-    start = time.monotonic()
-    while True:
-        records = read_records(path)
-        if any(wanted(r) for r in records):
-            return records
-        assert time.monotonic() - start < within, what
-        time.sleep(0.01)
 
 
 @contextlib.contextmanager

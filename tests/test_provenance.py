@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from auditwatch.collector.codestore import CodeStore, decode_text
+from collector_helpers import wait_for
 from helpers import (
     Audited,
     arg_text,
     audit_env,
-    await_record,
     launcher_path,
     read_records,
     run_audited,
@@ -280,22 +280,19 @@ def test_a_file_hashed_off_thread_reaches_the_sink_while_the_program_waits(tmp_p
         "print('queued', flush=True)\n"
         "time.sleep(60)\n"
     )
+
+    def hashed() -> dict[str, str]:
+        return {
+            arg_text(r["args"][0]): r["args"][2]
+            for r in read_records(tmp_path / "records.jsonl")
+            if r.get("event") == "auditwatch.open_code"
+        }
+
     with running_audited(tmp_path, code, options="heartbeat=30") as proc:
         assert proc.stdout.readline() == b"queued\n"
-        records = await_record(
-            tmp_path / "records.jsonl",
-            lambda r: (
-                r.get("event") == "auditwatch.open_code" and arg_text(r["args"][0]) == str(files[1])
-            ),
-            within=2.0,
-            what="the second file is still queued",
-        )
-    done = {
-        arg_text(r["args"][0]): r["args"][2]
-        for r in records
-        if r.get("event") == "auditwatch.open_code"
-    }
-    assert [done[str(f)] for f in files] == [sha(f.read_bytes()) for f in files]
+        arrived = wait_for(lambda: str(files[1]) in hashed(), timeout=2.0, every=0.01)
+        assert arrived, "the second file is still queued"
+    assert [hashed()[str(f)] for f in files] == [sha(f.read_bytes()) for f in files]
 
 
 def test_flush_waits_for_files_still_being_hashed(tmp_path):

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from auditwatch.collector.server import Collector
-from helpers import audit_env, await_record, read_records, running_audited
+from collector_helpers import wait_for
+from helpers import audit_env, read_records, running_audited
 
 
 class ListSink:
@@ -305,15 +306,16 @@ def test_a_record_leaves_within_moments_whether_the_writer_is_awake_or_asleep(tm
         "print('quiet', flush=True)\n"
         "time.sleep(60)\n"
     )
+    sink = tmp_path / "records.jsonl"
     with running_audited(tmp_path, code, options="heartbeat=30") as proc:
         for line, event in ((b"awake\n", "while.awake"), (b"quiet\n", "after.quiet")):
             assert proc.stdout.readline() == line
-            await_record(
-                tmp_path / "records.jsonl",
-                lambda r, event=event: r.get("event") == event,
-                within=2.0,
-                what=f"{event} is still in the ring",
+            arrived = wait_for(
+                lambda e=event: any(r.get("event") == e for r in read_records(sink)),
+                timeout=2.0,
+                every=0.01,
             )
+            assert arrived, f"{event} is still in the ring"
 
 
 def test_silence_is_filled_with_heartbeats(tmp_path):
