@@ -5,9 +5,9 @@
 Runs `python -c pass` with this interpreter (an environment with auditwatch
 installed), not asked to audit, and five ways that each add one part: importing the
 extension alone (`-c "import _auditwatch"`, not asked); audited with every event
-ignored and no SIGTERM helper (the bootstrap, the writer thread, the start and exit
-records); the same with the SIGTERM helper; audited with the default events but no
-SIGTERM helper; audited with the defaults. The six cases of a round run in a
+ignored and `sigterm=0`, no SIGTERM handler (the bootstrap, the writer thread, the
+start and exit records); the same with the handler; audited with the default events
+and `sigterm=0`; audited with the defaults. The six cases of a round run in a
 shuffled order, each round keeps the median of --runs starts, and the table gives
 each case's median over rounds and its difference from "not asked" (median and
 min-max of the per-round differences). Records go to a file in a temporary
